@@ -1,0 +1,30 @@
+"""MCER on CMU-MOSI with the paper's hyperparameters (Table III).
+
+Run:
+  python -m mcer_jax.main --config experiments/mosi.py --workdir runs/mosi \
+    --config.data.manual_dir=/path/to/MOSI \
+    --config.text_encoder.checkpoint=/path/to/bert-base-uncased
+
+`manual_dir` holds MMSA's `aligned_50.pkl` / `unaligned_50.pkl`, MISA's
+`train.pkl`, `dev.pkl`, `test.pkl`, or CMU-MultimodalSDK `.csd` files.
+"""
+
+from mcer_jax import config as base
+
+
+def get_config():
+  """Returns the MOSI config."""
+  config = base.get_base_config()
+  config.data.name = "mosi"
+  config.data.label_range = 3.0
+  config.train.batch_size = 32
+  config.optim.lr_bert = 4.5e-5
+  config.optim.lr_audio = 9e-4
+  config.optim.lr_vision = 6e-3
+  config.optim.lr_other = 7e-4
+  config.loss.alpha = 1.9
+  config.loss.beta = 0.001
+  config.loss.gamma = 0.05
+  config.loss.eta = 0.1
+  config.lock()
+  return config
