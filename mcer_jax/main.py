@@ -1,0 +1,54 @@
+r"""Entry point: train, evaluate or predict with MCER.
+
+  python -m mcer_jax.main --config experiments/mosi.py --workdir DIR \
+      [--mode train|evaluate|predict] [--split test] [--config.key=value ...]
+
+`train` (the default) trains and resumes in DIR; `evaluate` restores the best
+checkpoint of DIR and writes `eval_<split>.json` for the configured data, which
+may be another `--config.data.manual_dir` in the same layout; `predict` writes
+`predictions_<split>.csv`.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+_SPLIT = flags.DEFINE_string("split", "test", "Split for --mode=evaluate or --mode=predict.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.use_python_logging()
+  std_logging.basicConfig(level=std_logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+  config = _CONFIG.value
+
+  from mcer_jax import distributed
+
+  distributed.initialize(config.distributed)
+
+  from mcer_jax import train
+  from mcer_jax import inference
+
+  try:
+    if _MODE.value == "train":
+      train.train_and_evaluate(config, _WORKDIR.value)
+    elif _MODE.value == "evaluate":
+      inference.evaluate_workdir(config, _WORKDIR.value, _SPLIT.value)
+    else:
+      inference.predict_workdir(config, _WORKDIR.value, _SPLIT.value)
+  except train.Preempted as stop:
+    logging.warning("%s", stop)
+    sys.exit(143)
+
+
+if __name__ == "__main__":
+  app.run(main)

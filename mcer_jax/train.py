@@ -1,0 +1,531 @@
+"""Train state, the data-parallel train and eval steps, and the epoch loop.
+
+Read top to bottom: `create_train_state`, `train_step`, `eval_step`,
+`evaluate`, then `train_and_evaluate`, which the entry point calls. The steps
+are pure functions of (state, batch) that `jax.pmap` runs on every local
+device; losses are each device's share of the global mean, so gradients and
+loss terms are summed across devices (`lax.psum`) and the result does not
+depend on how many devices share a batch.
+"""
+
+import functools
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from mcer_jax import checkpointing
+from mcer_jax import labels
+from mcer_jax import losses
+from mcer_jax import metrics as metrics_lib
+from mcer_jax import optim
+from mcer_jax import run_outputs
+from mcer_jax.data import pipeline
+from mcer_jax.models import mcer as mcer_model
+
+AXIS = "batch"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term or gradient became NaN or infinite."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a step reads and writes: parameters, optimiser, label memories."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  label_state: labels.LabelState
+  rng: jax.Array
+  apply_fn: Any = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    example_batch: Mapping[str, np.ndarray],
+    human_train_labels: np.ndarray,
+) -> TrainState:
+  """Initialises parameters (loading BERT when configured), Adam and label memories.
+
+  Args:
+    config: the run config.
+    model: the `MCER` module.
+    example_batch: one batch without the device axis, for shapes.
+    human_train_labels: `y_m` of every training sample, [num_train].
+  """
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  params = mcer_model.init_params(model, init_rng, example_batch, config)
+  outputs = jax.eval_shape(
+      lambda p: model.apply(
+          {"params": p},
+          example_batch,
+          train=True,
+          rngs={"dropout": init_rng, "sample": init_rng},
+      ),
+      params,
+  )
+  feature_dims = {name: spec.shape[-1] for name, spec in outputs["features"].items()}
+  label_state = labels.init_label_state(jnp.asarray(human_train_labels, jnp.float32), feature_dims)
+  tx = optim.create_optimizer(config.optim, params, config.text_encoder.finetune)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      label_state=label_state,
+      rng=state_rng,
+      apply_fn=model.apply,
+      tx=tx,
+  )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    epoch: jax.Array,
+    *,
+    config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step and one label-generation update; runs under pmap.
+
+  Args:
+    state: the replicated train state.
+    batch: this device's part of the global batch.
+    epoch: the current epoch, counted from 1 (label updates start at 2).
+    config: the run config (static).
+
+  Returns:
+    The new state and per-step metrics: every loss term, summed over devices,
+    plus `grad_finite_<group>` flags. A step whose loss or gradient is not
+    finite leaves the state unchanged.
+  """
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng = jax.random.fold_in(jax.random.fold_in(step_rng, 1), jax.lax.axis_index(AXIS))
+  # Sampling noise is drawn per sample from its index, so it does not depend on
+  # which device a sample lands on.
+  sample_rng = jax.random.fold_in(step_rng, 2)
+  generated = labels.batch_labels(state.label_state, batch["index"])
+
+  def loss_fn(params):
+    outputs = state.apply_fn(
+        {"params": params},
+        batch,
+        train=True,
+        rngs={"dropout": dropout_rng, "sample": sample_rng},
+    )
+    total, terms = losses.total_loss(outputs, batch, generated, config.loss, axis_name=AXIS)
+    return total, (terms, outputs)
+
+  (_, (terms, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.psum(grads, AXIS)
+  terms = jax.lax.psum(terms, AXIS)
+
+  groups = optim.param_groups(grads)
+  grad_finite = {}
+  for group in optim.GROUPS:
+    leaves = [g for g, name in zip(jax.tree.leaves(grads), jax.tree.leaves(groups)) if name == group]
+    if leaves:
+      grad_finite[group] = _all_finite(leaves)
+  finite = _all_finite(terms) & jnp.all(jnp.stack(list(grad_finite.values())))
+
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  features = jax.lax.stop_gradient(outputs["features"])
+  label_state = labels.update(
+      state.label_state,
+      features,
+      batch["index"],
+      batch["weight"],
+      epoch,
+      config.labels,
+      label_range=config.data.label_range,
+      axis_name=AXIS,
+  )
+  keep_new = lambda new, old: jnp.where(finite, new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=jax.tree.map(keep_new, params, state.params),
+      opt_state=jax.tree.map(keep_new, opt_state, state.opt_state),
+      label_state=jax.tree.map(keep_new, label_state, state.label_state),
+  )
+  step_metrics = dict(terms)
+  step_metrics.update({f"grad_finite_{name}": flag for name, flag in grad_finite.items()})
+  step_metrics["prediction"] = outputs["predictions"]["m"]
+  return new_state, step_metrics
+
+
+def eval_step(params: Any, batch: Mapping[str, jax.Array], *, apply_fn: Any) -> dict[str, jax.Array]:
+  """Returns every head's prediction for this device's part of the batch."""
+  outputs = apply_fn({"params": params}, batch, train=False)
+  return dict(outputs["predictions"])
+
+
+def replicate(tree: Any) -> Any:
+  """Places one copy of `tree` on every local device."""
+  return jax.device_put_replicated(tree, jax.local_devices())
+
+
+def unreplicate(tree: Any) -> Any:
+  """Fetches the first device's copy of a replicated tree to the host."""
+  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def _gather_processes(array: np.ndarray) -> np.ndarray:
+  """Concatenates a per-process array over all JAX processes (rows in process order)."""
+  if jax.process_count() == 1:
+    return array
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(array, tiled=False)).reshape(-1, *array.shape[1:])
+
+
+def evaluate(
+    p_eval_step: Any,
+    replicated_params: Any,
+    source: Any,
+    config: ml_collections.ConfigDict,
+) -> dict[str, np.ndarray]:
+  """Predicts every sample of a split once.
+
+  Returns:
+    `pred_<head>` arrays and `labels`, each [num_samples] in the split's order.
+  """
+  num_samples = len(source)
+  collected: dict[str, list[np.ndarray]] = {}
+  for batch in _batches(source, config, config.train.eval_batch_size, epoch=0, shuffle=False):
+    predictions = jax.device_get(p_eval_step(replicated_params, batch))
+    rows = {f"pred_{name}": value for name, value in predictions.items()}
+    rows["index"] = batch["index"]
+    rows["weight"] = batch["weight"]
+    rows["labels"] = batch["labels"]
+    for name, value in rows.items():
+      collected.setdefault(name, []).append(_gather_processes(np.asarray(value).reshape(-1)))
+  joined = {name: np.concatenate(parts) for name, parts in collected.items()}
+  real = joined.pop("weight") > 0
+  index = joined.pop("index")[real]
+  result = {}
+  for name, values in joined.items():
+    ordered = np.zeros(num_samples, np.float64)
+    ordered[index] = values[real]
+    result[name] = ordered
+  if np.bincount(index, minlength=num_samples).max(initial=0) != 1 or len(index) != num_samples:
+    raise RuntimeError(f"evaluation visited {len(index)} samples of {num_samples}, not each once")
+  return result
+
+
+def _batches(
+    source: Any,
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+    epoch: int,
+    shuffle: bool,
+    start_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  return pipeline.epoch_batches(
+      source,
+      batch_size=batch_size,
+      seed=config.seed,
+      epoch=epoch,
+      shuffle=shuffle,
+      start_batch=start_batch,
+      num_devices=jax.local_device_count(),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      text_buckets=tuple(config.data.text_buckets),
+  )
+
+
+def split_metrics(config: ml_collections.ConfigDict, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+  """The field's metrics for the dataset (CH-SIMS has its own)."""
+  if config.data.name == "sims":
+    return metrics_lib.sims_metrics(predictions, targets)
+  return metrics_lib.regression_metrics(predictions, targets)
+
+
+class _PreemptionFlag:
+  """Records SIGTERM so the loop can save a checkpoint before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning("Received signal %d: saving a checkpoint, then stopping.", signum)
+      self.requested = True
+
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # Not the main thread: signals cannot be handled here.
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(RuntimeError):
+  """The run stopped on SIGTERM after saving a checkpoint."""
+
+
+def _check_finite(step_metrics: Mapping[str, np.ndarray], step: int) -> None:
+  """Raises `NonFiniteLossError` naming the first non-finite term of a step."""
+  for name, value in step_metrics.items():
+    if name == "prediction":
+      continue
+    if name.startswith("grad_finite_"):
+      if not np.all(value):
+        group = name[len("grad_finite_"):]
+        raise NonFiniteLossError(
+            f"step {step}: the gradient of the {group} parameters is not finite; the step was "
+            "skipped and no saved weights were changed. Lower the learning rate of that group "
+            "or check its input features."
+        )
+    elif not np.all(np.isfinite(value)):
+      raise NonFiniteLossError(
+          f"step {step}: loss term '{name}' is {np.ravel(value)[0]}; the step was skipped and no "
+          "saved weights were changed. Check the input features and the weight of that term."
+      )
+
+
+def _shape_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+  for key in checkpointing.SHAPE_SETTINGS:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if isinstance(value, ml_collections.ConfigDict):
+      for name, item in value.to_dict().items():
+        flat[f"{key}.{name}"] = item
+    else:
+      flat[key] = value
+  return flat
+
+
+def _check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Rejects resuming a run whose saved config differs in a shape setting."""
+  import json
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as stream:
+    saved = ml_collections.ConfigDict(json.load(stream))
+  previous = _shape_settings(saved)
+  current = _shape_settings(config)
+  for key in sorted(set(previous) | set(current)):
+    old, new = previous.get(key), current.get(key)
+    if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+      old, new = list(old or []), list(new or [])
+    if old != new:
+      raise ValueError(
+          f"{path}: the run in this work directory used {key}={old!r}, but this config has "
+          f"{key}={new!r}, which changes the model. Use a new --workdir, or set it back."
+      )
+
+
+def _example_batch(source: Any, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """The first training batch without the device axis, for shapes."""
+  batch = next(_batches(source, config, config.train.batch_size, epoch=1, shuffle=False))
+  return jax.tree.map(lambda x: x[0], batch)
+
+
+def _epoch_log_line(
+    epoch: int, train_losses: Mapping[str, float], train_scores: Mapping[str, float], valid_scores: Mapping[str, float]
+) -> dict[str, Any]:
+  row: dict[str, Any] = {"epoch": epoch}
+  row.update({f"train/loss/{name}": value for name, value in train_losses.items()})
+  row.update({f"train/{name}": value for name, value in train_scores.items()})
+  row.update({f"valid/{name}": value for name, value in valid_scores.items()})
+  return row
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+  if best is None:
+    return True
+  return value < best if mode == "min" else value > best
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains with validation each epoch, resumes from `workdir`, and tests the best checkpoint.
+
+  Returns:
+    The test metrics of the best checkpoint (also written to `results.json`).
+  """
+  from mcer_jax import data as data_lib
+
+  os.makedirs(workdir, exist_ok=True)
+  results_path = os.path.join(workdir, "results.json")
+  if os.path.exists(results_path):
+    import json
+
+    logging.info("%s exists: this run already finished; nothing to do. Use a new --workdir to train again.", results_path)
+    with open(results_path, encoding="utf-8") as stream:
+      return json.load(stream)
+
+  _check_resume_config(workdir, config)
+  splits, info = data_lib.load_splits(config)
+  for split in ("train", "valid", "test"):
+    if split not in splits or len(splits[split]) == 0:
+      raise ValueError(f"the {split} split of {config.data.manual_dir or config.data.name} is missing or empty")
+  if run_outputs.is_writer():
+    run_outputs.write_config(workdir, config)
+
+  model = mcer_model.build_model(config, info.feature_dims)
+  train_source = splits["train"]
+  human_train = np.asarray([float(train_source[i]["labels"]) for i in range(len(train_source))], np.float32)
+  state = create_train_state(config, model, _example_batch(train_source, config), human_train)
+  steps_per_epoch = pipeline.num_batches(len(train_source), config.train.batch_size)
+
+  manager = checkpointing.create_manager(workdir, config.train.selection_metric, config.train.selection_mode)
+  progress = {
+      "epoch": 1,
+      "batches_done": 0,
+      "best_value": None,
+      "best_step": None,
+      "epochs_without_improvement": 0,
+      "accumulator": None,
+  }
+  restored = checkpointing.restore_latest(manager, jax.device_get(state))
+  if restored is not None:
+    host_state, progress = restored
+    state = state.replace(**{field: getattr(host_state, field) for field in ("step", "params", "opt_state", "label_state", "rng")})
+    logging.info("Resumed from step %d (epoch %d, batch %d).", int(state.step), progress["epoch"], progress["batches_done"])
+    if run_outputs.is_writer():
+      run_outputs.truncate_metrics_log(workdir, progress["epoch"] - 1)
+
+  p_train_step = jax.pmap(functools.partial(train_step, config=config), axis_name=AXIS, donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(eval_step, apply_fn=model.apply), axis_name=AXIS)
+  replicated = replicate(state)
+  tensorboard = run_outputs.TensorBoard(workdir)
+  metric, mode = config.train.selection_metric, config.train.selection_mode
+
+  def save(progress_now, scores=None):
+    checkpointing.save(manager, int(unreplicate(replicated.step)), unreplicate(replicated), progress_now, scores)
+
+  logging.info("Initial compilation, this might take some minutes...")
+  with _PreemptionFlag() as preemption:
+    epoch = progress["epoch"]
+    while epoch <= config.train.num_epochs:
+      accumulator = progress["accumulator"] or {"loss_sums": {}, "steps": 0, "index": [], "prediction": []}
+      start = progress["batches_done"]
+      epoch_array = replicate(jnp.asarray(epoch, jnp.int32))
+      bar = tqdm(
+          total=steps_per_epoch,
+          initial=start,
+          desc=f"epoch {epoch}/{config.train.num_epochs}",
+          disable=not run_outputs.is_writer(),
+          leave=False,
+      )
+      pending = []
+      batches = _batches(train_source, config, config.train.batch_size, epoch=epoch, shuffle=True, start_batch=start)
+      for batch_number, batch in enumerate(batches, start=start + 1):
+        started = time.perf_counter()
+        replicated, step_metrics = p_train_step(replicated, batch, epoch_array)
+        pending.append((step_metrics, batch["index"], batch["weight"]))
+        if len(pending) >= config.train.log_every_steps or batch_number == steps_per_epoch or preemption.requested:
+          _drain(pending, accumulator, int(unreplicate(replicated.step)))
+          pending = []
+        bar.update(1)
+        if batch_number == 1 and epoch == 1:
+          logging.info("First step done in %.1f s.", time.perf_counter() - started)
+        if preemption.requested and batch_number < steps_per_epoch:
+          _drain(pending, accumulator, int(unreplicate(replicated.step)))
+          save(dict(progress, batches_done=batch_number, accumulator=accumulator))
+          raise Preempted(f"stopped by SIGTERM at epoch {epoch}, batch {batch_number}; run again to resume")
+      bar.close()
+
+      train_losses = {name: total / max(accumulator["steps"], 1) for name, total in accumulator["loss_sums"].items()}
+      train_index = np.asarray(accumulator["index"], np.int64)
+      train_scores = split_metrics(config, np.asarray(accumulator["prediction"]), human_train[train_index])
+      valid = evaluate(p_eval_step, replicated.params, splits["valid"], config)
+      valid_scores = split_metrics(config, valid["pred_m"], valid["labels"])
+
+      progress = dict(progress, epoch=epoch + 1, batches_done=0, accumulator=None)
+      value = valid_scores[metric]
+      step = int(unreplicate(replicated.step))
+      if _improved(value, progress["best_value"], mode):
+        progress.update(best_value=value, best_step=step, epochs_without_improvement=0)
+      else:
+        progress["epochs_without_improvement"] += 1
+      row = _epoch_log_line(epoch, train_losses, train_scores, valid_scores)
+      if run_outputs.is_writer():
+        run_outputs.append_metrics_log(workdir, row)
+        tensorboard.scalars(epoch, {k: v for k, v in row.items() if k != "epoch"})
+        if config.train.save_label_history:
+          run_outputs.save_label_history(workdir, epoch, labels.generated_labels(unreplicate(replicated.label_state)))
+      save(progress, {metric: value})
+      logging.info(
+          "epoch %d: train loss %.4f, valid %s %.4f (best %.4f at step %d)",
+          epoch, train_losses.get("total", float("nan")), metric, value, progress["best_value"], progress["best_step"],
+      )
+      patience = config.train.early_stop_patience
+      if patience and progress["epochs_without_improvement"] >= patience:
+        logging.info("No improvement in %d epochs: stopping early.", patience)
+        break
+      if preemption.requested:
+        raise Preempted(f"stopped by SIGTERM after epoch {epoch}; run again to resume")
+      epoch += 1
+
+  tensorboard.close()
+  return _test_best(config, workdir, manager, progress, state, p_eval_step, splits, info)
+
+
+def _drain(pending: list, accumulator: dict[str, Any], step: int) -> None:
+  """Moves finished steps' metrics to the host, checks them and adds them up."""
+  for step_metrics, index, weight in jax.device_get(pending):
+    first_device = {name: np.asarray(value)[0] for name, value in step_metrics.items() if name != "prediction"}
+    _check_finite(first_device, step)
+    for name, value in first_device.items():
+      if not name.startswith("grad_finite_"):
+        accumulator["loss_sums"][name] = accumulator["loss_sums"].get(name, 0.0) + float(value)
+    accumulator["steps"] += 1
+    real = np.asarray(weight).reshape(-1) > 0
+    accumulator["index"].extend(np.asarray(index).reshape(-1)[real].tolist())
+    accumulator["prediction"].extend(np.asarray(step_metrics["prediction"]).reshape(-1)[real].tolist())
+
+
+def _test_best(config, workdir, manager, progress, state, p_eval_step, splits, info) -> dict[str, float]:
+  """Restores the best checkpoint, writes `results.json` and `predictions.csv`."""
+  best_step = progress["best_step"]
+  host_state, _ = checkpointing.restore(manager, best_step, jax.device_get(state))
+  replicated_params = replicate(host_state.params)
+  tables = {}
+  results: dict[str, Any] = {}
+  for split in ("train", "valid", "test"):
+    predicted = evaluate(p_eval_step, replicated_params, splits[split], config)
+    table: dict[str, Any] = {"id": list(info.ids[split]), "label": predicted["labels"]}
+    table.update({name: values for name, values in predicted.items() if name.startswith("pred_")})
+    if split == "train":
+      generated = labels.generated_labels(host_state.label_state)
+      table.update({f"generated_{name}": values for name, values in generated.items()})
+    tables[split] = table
+    if split == "test":
+      results = split_metrics(config, predicted["pred_m"], predicted["labels"])
+  results = {name: float(value) for name, value in results.items()}
+  if run_outputs.is_writer():
+    run_outputs.write_predictions(os.path.join(workdir, "predictions.csv"), tables)
+    run_outputs.write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("Test metrics of the best checkpoint (step %d): %s", best_step, results)
+  return results
