@@ -41,6 +41,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.text_encoder = ml_collections.ConfigDict()
   config.text_encoder.checkpoint = ""  # Folder with config.json, model.safetensors, vocab.txt.
   config.text_encoder.finetune = True
+  # X_t: "cls" is the final-layer [CLS] vector (the paper); "mean" is the masked
+  # mean of the final layer, which suits encoders trained with mean pooling,
+  # such as the sentence-transformers checkpoints.
+  config.text_encoder.pooling = "cls"
   # Used only when checkpoint is "": a randomly initialised BERT of this size.
   config.text_encoder.random_init = ml_collections.ConfigDict()
   config.text_encoder.random_init.vocab_size = 30522
