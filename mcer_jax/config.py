@@ -56,18 +56,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Model: sizes, dropout and the switches for every task and regulariser.
   config.model = ml_collections.ConfigDict()
   config.model.dtype = "float32"  # float32 | bfloat16 (activations; parameters and losses stay float32)
+  # Dropout inside BERT (hidden states and attention weights), or on the
+  # projected sequence when the text arrives as precomputed features.
   config.model.text_dropout = 0.1
+  # Width of the linear projection used in place of BERT for precomputed text features.
+  config.model.text_projection_dim = 128
   config.model.audio_lstm_hidden = 16
   config.model.audio_out = 16
-  config.model.audio_dropout = 0.0
+  config.model.audio_dropout = 0.0  # On the last LSTM state, before the linear map.
   config.model.vision_lstm_hidden = 32
   config.model.vision_out = 32
-  config.model.vision_dropout = 0.0
+  config.model.vision_dropout = 0.0  # On the last LSTM state, before the linear map.
   config.model.fusion_dim = 128  # F'_m
   config.model.text_post_dim = 32  # H_t
   config.model.audio_post_dim = 16  # H_a
   config.model.vision_post_dim = 32  # H_v
-  config.model.post_dropout = 0.1
+  config.model.post_dropout = 0.1  # On the inputs of F'_m, H_t, H_a and H_v.
   config.model.latent_dim = 32  # Size of z in every variational encoder.
   config.model.min_sigma = 1e-4  # sigma = softplus(.) + min_sigma
   config.model.unimodal_tasks = True  # Heads t, a, v and their generated labels.
@@ -83,7 +87,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.cross.num_layers = 2
   config.model.cross.num_heads = 4
   config.model.cross.ffn_dim = 64
-  config.model.cross.dropout = 0.1
+  config.model.cross.dropout = 0.1  # Attention, gated-layer outputs and the input of each h_c.
   config.model.cross.first_layer_summary = "bigru"  # bigru | linear (BBFN's masked-mean map)
   config.model.cross.head_dim = 64  # Hidden size of each modality-dominated head.
 
@@ -97,6 +101,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.discriminator_layer_average = False  # True: scale L_dc by 1/(2L).
   config.loss.mi_form = "full"  # full | mmim (quadratic term only, as MMIM's code)
   config.loss.mi_entropy = False  # Add MMIM's Gaussian-mixture estimate of H(y).
+  config.loss.mi_entropy_memory_batches = 1  # Past batches the H(y) estimate keeps (MMIM keeps 1).
+  config.loss.mi_entropy_ridge = 1e-6  # Added to the H(y) covariance diagonals so log det stays finite.
+  # Task-loss denominator: "count" divides by the number of real samples, as
+  # Self-MM does, so the weights W also scale the loss; "weight" divides by
+  # the sum of the weights, a weighted average of |prediction - label|.
+  config.loss.task_normalization = "count"
 
   # Label generation (unimodal and cross-modal).
   config.labels = ml_collections.ConfigDict()
