@@ -180,8 +180,10 @@ def eval_step(params: Any, batch: Mapping[str, jax.Array], *, apply_fn: Any) -> 
 
 
 def replicate(tree: Any) -> Any:
-  """Places one copy of `tree` on every local device."""
-  return jax.device_put_replicated(tree, jax.local_devices())
+  """Places one copy of `tree` on every local device (leading axis: devices)."""
+  count = jax.local_device_count()
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (count, *np.shape(x))), tree)
+  return jax.pmap(lambda x: x)(stacked)
 
 
 def unreplicate(tree: Any) -> Any:
