@@ -32,7 +32,7 @@ class CheckpointError(RuntimeError):
 
 def _selection_value(metrics: dict[str, float], metric: str, mode: str) -> float:
   value = metrics[metric]
-  return value if mode == "min" else -value
+  return -value if mode == "min" else value
 
 
 def create_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManager:
@@ -42,7 +42,7 @@ def create_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManage
           checkpoint_managers.LatestN(n=2),
           checkpoint_managers.BestN(
               get_metric_fn=lambda metrics: _selection_value(metrics, metric, mode),
-              # BestN keeps the largest value; _selection_value negates "min" metrics.
+              # BestN keeps the largest value, so _selection_value negates "min" metrics.
               reverse=False,
               n=1,
               keep_checkpoints_without_metrics=False,
