@@ -1,16 +1,23 @@
 """Tests of the synthetic demo data: determinism, shapes, and labels that need all three modalities."""
 
+import importlib.util
+import pathlib
+
 import numpy as np
 import pytest
 
-from experiments import demo
 from mcer_jax import data
 from mcer_jax.data import synthetic
+
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "demo.py"
 
 
 @pytest.fixture(scope="module")
 def config():
-  return demo.get_config()
+  spec = importlib.util.spec_from_file_location("demo_config", DEMO_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import mosi as mosi_config
 from mcer_jax import data
 from mcer_jax.data import pipeline
 from mcer_jax.data import readers
@@ -18,8 +17,15 @@ from mcer_jax.data import tfds_builders
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _mosi_config():
+  spec = importlib.util.spec_from_file_location("mosi_config", os.path.join(REPO, "experiments", "mosi.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _config(manual_dir, data_dir, minilm, **data_overrides):
-  config = mosi_config.get_config()
+  config = _mosi_config()
   config.unlock()
   config.data.manual_dir = str(manual_dir)
   config.data.data_dir = str(data_dir)

@@ -15,7 +15,7 @@ The folder needs four sequences, found by file name (case-insensitive):
 
 An utterance `video[k]` is row k of the label entry `video` (or the label
 entry `video[k]` itself). Its text is the words whose interval midpoint lies
-inside the utterance's interval, without the silence token "sp"; its audio and
+inside the utterance's interval, without the silence token "sp". Its audio and
 vision are the frames whose midpoint lies inside it, as stored (no averaging).
 When a modality has an entry named after the utterance, all its frames are used.
 
