@@ -1,0 +1,1 @@
+"""Flax linen modules of MCER: BERT, sequence encoders, gated transformer, heads."""
