@@ -244,8 +244,8 @@ class MCER(nn.Module):
   Attributes:
     config: `config.model`.
     text_config: the BERT config, or None for precomputed text features.
-    feature_dims: {"audio": d_a, "vision": d_v} plus {"text_features": d_t}
-      when batches carry precomputed text features.
+    feature_dims: {"audio": d_a, "vision": d_v}, plus {"text_features": d_t}
+      when batches carry precomputed text features (build_model makes it).
     text_pooling: "cls" (X_t is the [CLS] state) or "mean" (masked mean).
   """
 
@@ -420,19 +420,22 @@ def build_model(config: ml_collections.ConfigDict, feature_dims: Mapping[str, in
 
   Args:
     config: the whole run config (reads `model` and `text_encoder`).
-    feature_dims: {"audio": d_a, "vision": d_v}, plus "text_features": d_t
-      when batches carry precomputed text features instead of token ids.
-      Other keys are ignored.
+    feature_dims: `DataInfo.feature_dims`: {"audio": d_a, "vision": d_v,
+      "text": d_t}, where "text" is None (or absent) when batches carry token
+      ids and d_t when they carry precomputed `text_features`. The key
+      "text_features" is accepted in place of "text".
 
   Returns:
     The MCER module (parameters come from `init_params`).
   """
   for key in ("audio", "vision"):
-    if key not in feature_dims:
-      raise ValueError(f"feature_dims has no {key!r} entry; found {dict(feature_dims)}.")
+    if feature_dims.get(key) is None:
+      raise ValueError(f"feature_dims has no {key!r} size; found {dict(feature_dims)}.")
   check_model_config(config.model)
-  dims = {key: int(value) for key, value in feature_dims.items()
-          if key in ("audio", "vision", "text_features")}
+  dims = {"audio": int(feature_dims["audio"]), "vision": int(feature_dims["vision"])}
+  text_dim = feature_dims.get("text_features", feature_dims.get("text"))
+  if text_dim is not None:
+    dims["text_features"] = int(text_dim)
   return MCER(
       config=ml_collections.FrozenConfigDict(config.model),
       text_config=text_config_for(config, dims),

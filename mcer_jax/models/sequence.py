@@ -72,7 +72,7 @@ class LSTMEncoder(nn.Module):
     """
     lengths = clip_lengths(lengths, x.shape[1])
     cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype, name="lstm")
-    (_, last_hidden), states = nn.RNN(cell, name="rnn")(
+    (_, last_hidden), states = nn.RNN(cell)(
         x.astype(self.dtype), seq_lengths=lengths, return_carry=True)
     states = states * length_mask(lengths, x.shape[1])[..., None].astype(states.dtype)
     h = nn.Dropout(self.dropout_rate)(last_hidden, deterministic=not train)
@@ -168,7 +168,7 @@ class BiGRU(nn.Module):
     gates = jnp.stack([gates[:, :, 0], flip(gates[:, :, 1])], axis=2)
     # Steps after a sequence's length run on padding, but the forward outputs
     # there are masked and the backward ones come after its valid part.
-    h = nn.RNN(BiGRUCell(self.hidden_size, dtype=self.dtype), name="rnn")(gates)
+    h = nn.RNN(BiGRUCell(self.hidden_size, dtype=self.dtype, name="cell"))(gates)
     forward, backward = h[:, :, 0], flip(h[:, :, 1])
     if self.merge == "concat":
       out = jnp.concatenate([forward, backward], axis=-1)
