@@ -329,3 +329,35 @@ def test_bfloat16_activations_keep_float32_params(minilm_params):
   assert np.abs(np.asarray(hidden, np.float32) - reference)[valid].max() < 0.25
   init = encoder.init(jax.random.PRNGKey(0), ids, mask)["params"]
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(init))
+
+
+def _convert_tool():
+  path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "convert_checkpoint.py"
+  spec = importlib.util.spec_from_file_location("convert_checkpoint", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_convert_checkpoint(tmp_path):
+  convert = _convert_tool()
+  cfg = _tiny_config(num_layers=1)
+  tensors = _hf_tensors(cfg)
+  folder = _write_folder(tmp_path / "bin", cfg, tensors)
+  (folder / "model.safetensors").unlink()
+  with pytest.raises(SystemExit, match="pytorch_model.bin not found"):
+    convert.convert(str(folder))
+  if not HAS_TORCH:
+    (folder / "pytorch_model.bin").write_bytes(b"not read without torch")
+    with pytest.raises(SystemExit, match="PyTorch is not installed"):
+      convert.convert(str(folder))
+    return
+  import torch
+
+  torch.save({name: torch.from_numpy(t) for name, t in tensors.items()}, folder / "pytorch_model.bin")
+  convert.convert(str(folder))
+  _, params = bert.load_pretrained(str(folder))
+  _, expected = bert.load_pretrained(str(_write_folder(tmp_path / "st", cfg, tensors)))
+  chex.assert_trees_all_equal(params, expected)
+  with pytest.raises(SystemExit, match="already exists"):
+    convert.convert(str(folder))
