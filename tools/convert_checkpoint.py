@@ -26,7 +26,7 @@ def convert(folder: str, overwrite: bool = False) -> str:
     The path written.
 
   Raises:
-    SystemExit: PyTorch is missing, the input is missing or holds no
+    SystemExit: PyTorch is missing, the input is missing or contains no
       tensors, or the output exists and `overwrite` is False.
   """
   source = os.path.join(folder, BIN_FILE)
@@ -52,11 +52,11 @@ def convert(folder: str, overwrite: bool = False) -> str:
     if not isinstance(value, torch.Tensor):
       continue
     if value.dtype == torch.bfloat16:
-      # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+      # numpy has no bfloat16, and float32 represents every bfloat16 value exactly.
       value = value.float()
     tensors[name] = np.ascontiguousarray(value.detach().cpu().numpy())
   if not tensors:
-    raise SystemExit(f"{source} holds no tensors; is it a model state dict?")
+    raise SystemExit(f"{source} contains no tensors; expected a model state dict.")
   save_file(tensors, target, metadata={"format": "pt"})
   return target
 

@@ -12,9 +12,10 @@ in the project's own:
 The committed golden file was made with exactly that command (torch 2.13.0
 CPU, transformers 5.25.0). `--mmsa-file unaligned_50.pkl --count 150` takes
 the transcripts (`raw_text`) of an MMSA pickle instead of the built-in
-sentences; such a file holds dataset text and stays out of the repository.
+sentences. Such a file contains dataset text, so keep it out of the
+repository.
 
-The output `.npz` holds the sentences, their WordPiece ids, attention mask and
+The output `.npz` contains the sentences, their WordPiece ids, attention mask and
 segment ids [N, L], and `BertModel`'s last hidden states [N, L, H] (float32).
 """
 

@@ -105,7 +105,7 @@ def config_from_hf_dict(hf: Mapping[str, Any], source: str) -> BertConfig:
     source: the file name, used in error messages.
 
   Raises:
-    ValueError: the config is not a BERT config, lacks a size or asks for a
+    ValueError: the config is not a BERT config, lacks a size or requests a
       variant this module does not implement.
   """
   model_type = hf.get("model_type")
@@ -400,17 +400,17 @@ def params_from_tensors(tensors: Mapping[str, np.ndarray], cfg: BertConfig,
   expected = _expected_tensors(cfg)
   missing = sorted(set(expected) - set(tensors))
   if missing:
-    shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    listed = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
     raise ValueError(
-        f"{source}: {len(missing)} BERT tensors are missing ({shown}). The "
+        f"{source}: {len(missing)} BERT tensors are missing ({listed}). The "
         "weights do not belong to the config.json next to them, or are not "
         "a BertModel checkpoint.")
   unknown = sorted(n for n in set(tensors) - set(expected) if not _UNUSED.match(n))
   if unknown:
-    shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    listed = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
     raise ValueError(
         f"{source}: {len(unknown)} tensors are not part of a BERT encoder "
-        f"({shown}). Check that config.json's num_hidden_layers matches the "
+        f"({listed}). Check that config.json's num_hidden_layers matches the "
         "weights.")
   params: Params = {}
   for name, (path, shape) in expected.items():

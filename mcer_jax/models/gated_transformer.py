@@ -11,9 +11,9 @@ direction:
 
 and the same with s and m swapped, with separate weights. The summary is the
 masked mean over valid positions of a BiGRU whose two directions are
-averaged; one summary module per layer serves both modalities, so x_s and x_m
-live in one space and the discriminator can tell them apart. With
-`first_layer_summary="linear"` layer 0 uses a linear map of the masked mean
+averaged. One summary module per layer serves both modalities, so x_s and
+x_m live in one space, which the modality discriminator classifies. With
+`first_layer_summary="linear"`, layer 0 uses a linear map of the masked mean
 instead (as BBFN does).
 """
 

@@ -23,10 +23,10 @@ and `discriminators` has a leading axis of size P (the active pairs, in
 PAIRS order). The switches of `config.model` add or remove exactly their
 subtrees, pair slices and output keys (see `MCER.__call__`).
 
-Batches with `text_features` [B, L, d_t] (a release with precomputed text
-features instead of token ids) get a linear projection named `text_encoder`
-in place of BERT; X_t is then pooled from the projected sequence the same
-way, and its width is `config.model.text_projection_dim`.
+Some releases carry precomputed text features instead of token ids. For
+batches with `text_features` [B, L, d_t], `text_encoder` is a linear
+projection to `config.model.text_projection_dim` in place of BERT, and X_t
+is pooled from the projected sequence in the same way.
 """
 
 import dataclasses
@@ -288,8 +288,8 @@ class MCER(nn.Module):
     Args:
       batch: the fields of docs/interfaces.md ("Batches"): text_ids,
         text_mask, text_segment (or text_features), audio, audio_lengths,
-        vision, vision_lengths, and optionally index (keys the bottleneck
-        noise; defaults to the row number).
+        vision and vision_lengths. The optional `index` keys each sample's
+        bottleneck noise and defaults to the row number.
       train: enables dropout (rng stream 'dropout') and bottleneck sampling
         (rng stream 'sample').
 
