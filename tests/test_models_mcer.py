@@ -150,6 +150,17 @@ def test_cross_task_subset_keeps_needed_pairs():
   assert mcer.active_pairs(("mv",)) == ("tv", "av")
 
 
+def test_mi_entropy_adds_projection():
+  batch = make_batch(11)
+  plain, plain_out = shapes(demo_config(), batch)
+  params, out = shapes(demo_config(**{"loss.mi_entropy": True}), batch)
+  for pair, size in (("ta", 16), ("tv", 32)):
+    assert set(params[f"mi_{pair}"]) == set(plain[f"mi_{pair}"]) | {"entropy_projection"}
+    chex.assert_shape(params[f"mi_{pair}"]["entropy_projection"]["kernel"], (size, size // 4))
+    chex.assert_shape(out["mi"][pair]["entropy_features"], (4, size // 4))
+    assert "entropy_features" not in plain_out["mi"][pair]
+
+
 def test_self_mm_experiment_builds_only_m_and_s():
   params, out = shapes(load_experiment("self_mm"), make_batch(3),
                        {"audio": AUDIO_DIM, "vision": VISION_DIM})
@@ -249,3 +260,20 @@ def test_training_outputs_differ_and_are_finite(demo_model):
   assert not np.allclose(first["predictions"]["m"], second["predictions"]["m"])
   # Evaluation is deterministic: z = mu and no dropout.
   chex.assert_trees_all_close(apply(params, batch), apply(params, batch))
+
+
+def test_mutual_information_head_values():
+  rng = np.random.default_rng(12)
+  x = rng.normal(size=(3, 10)).astype(np.float32)
+  y = rng.normal(size=(3, 8)).astype(np.float32)
+  head = mcer.MutualInformationHead(hidden_dim=6, entropy_dim=2)
+  params = head.init(jax.random.PRNGKey(0), x, y)["params"]
+  out = head.apply({"params": params}, x, y)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  mlp = lambda name: (np.maximum(x @ p[f"{name}_hidden"]["kernel"] + p[f"{name}_hidden"]["bias"], 0)
+                      @ p[f"{name}_output"]["kernel"] + p[f"{name}_output"]["bias"])
+  np.testing.assert_allclose(out["mean"], mlp("mean"), atol=1e-5)
+  np.testing.assert_allclose(out["logvar"], mlp("logvar"), atol=1e-5)
+  np.testing.assert_array_equal(out["target"], y)
+  entropy = np.tanh(y @ p["entropy_projection"]["kernel"] + p["entropy_projection"]["bias"])
+  np.testing.assert_allclose(out["entropy_features"], entropy, atol=1e-5)

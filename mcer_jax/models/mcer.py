@@ -164,26 +164,36 @@ class CrossHead(nn.Module):
     return h_c, prediction.astype(jnp.float32)
 
 
-class GaussianPredictor(nn.Module):
-  """q(y|x) of the MI bound: diagonal Gaussian whose mean and log-variance are two-layer MLPs of x.
+class MutualInformationHead(nn.Module):
+  """q(y|x) of the MI bound: a diagonal Gaussian whose mean and log-variance are two-layer MLPs of x.
+
+  With `entropy_dim` > 0 it also projects y for MMIM's Gaussian-mixture
+  estimate of H(y): entropy_features = tanh(W y + b), as in MMIM.
 
   Attributes:
     hidden_dim: hidden width of both MLPs.
-    out_dim: size of y.
+    entropy_dim: width of the entropy projection; 0 leaves it out.
     dtype: activation dtype.
   """
 
   hidden_dim: int
-  out_dim: int
+  entropy_dim: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> tuple[Array, Array]:
-    """Maps x [B, D] to (mean [B, out_dim], logvar [B, out_dim]), float32."""
+  def __call__(self, x: Array, y: Array) -> dict[str, Array]:
+    """Maps x [B, D_x] and y [B, d] to mean, logvar and target [B, d] (and entropy_features [B, entropy_dim]), float32."""
     def mlp(name: str) -> Array:
       h = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"{name}_hidden")(x))
-      return nn.Dense(self.out_dim, dtype=self.dtype, name=f"{name}_output")(h)
-    return mlp("mean").astype(jnp.float32), mlp("logvar").astype(jnp.float32)
+      return nn.Dense(y.shape[-1], dtype=self.dtype, name=f"{name}_output")(h)
+
+    out = {"mean": mlp("mean").astype(jnp.float32),
+           "logvar": mlp("logvar").astype(jnp.float32),
+           "target": y.astype(jnp.float32)}
+    if self.entropy_dim:
+      projected = nn.Dense(self.entropy_dim, dtype=self.dtype, name="entropy_projection")(y)
+      out["entropy_features"] = jnp.tanh(projected).astype(jnp.float32)
+    return out
 
 
 class TextFeatureEncoder(nn.Module):
@@ -247,12 +257,15 @@ class MCER(nn.Module):
     feature_dims: {"audio": d_a, "vision": d_v}, plus {"text_features": d_t}
       when batches carry precomputed text features (build_model makes it).
     text_pooling: "cls" (X_t is the [CLS] state) or "mean" (masked mean).
+    mi_entropy: adds `entropy_features` to each `mi` pair, the projected
+      target of MMIM's H(y) estimate (config.loss.mi_entropy).
   """
 
   config: Any
   text_config: bert.BertConfig | None
   feature_dims: Mapping[str, int]
   text_pooling: str = "cls"
+  mi_entropy: bool = False
 
   def _encode_text(self, batch: Mapping[str, Array], train: bool,
                    dtype: Any) -> tuple[Array, Array, Array]:
@@ -303,7 +316,8 @@ class MCER(nn.Module):
         discriminator_logits, discriminator_targets: [P, L, 2, B] over the
           active pairs in PAIRS order (discriminator).
         mi: {"ta", "tv"} -> {"mean", "logvar", "target"} each [B, d_y]
-          (mutual_information).
+          (mutual_information), plus "entropy_features" [B, max(d_y // 4, 1)]
+          when mi_entropy is set.
     """
     cfg = self.config
     check_model_config(cfg)
@@ -391,10 +405,9 @@ class MCER(nn.Module):
       outputs["mi"] = {}
       for pair in MI_PAIRS:
         target = vectors[pair[1]]
-        mean, logvar = GaussianPredictor(cfg.mi_hidden, target.shape[-1], dtype,
-                                         name=f"mi_{pair}")(x_t)
-        outputs["mi"][pair] = {"mean": mean, "logvar": logvar,
-                               "target": target.astype(jnp.float32)}
+        entropy_dim = max(target.shape[-1] // 4, 1) if self.mi_entropy else 0
+        outputs["mi"][pair] = MutualInformationHead(
+            cfg.mi_hidden, entropy_dim, dtype, name=f"mi_{pair}")(x_t, target)
 
     outputs["predictions"] = predictions
     outputs["features"] = jax.tree.map(lambda f: f.astype(jnp.float32), features)
@@ -441,6 +454,7 @@ def build_model(config: ml_collections.ConfigDict, feature_dims: Mapping[str, in
       text_config=text_config_for(config, dims),
       feature_dims=flax.core.FrozenDict(dims),
       text_pooling=config.text_encoder.get("pooling", "cls"),
+      mi_entropy=bool(config.loss.get("mi_entropy", False)),
   )
 
 
