@@ -100,7 +100,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.discriminator_group_size = 1  # k in the discriminator loss.
   config.loss.discriminator_layer_average = False  # True: scale L_dc by 1/(2L).
   config.loss.mi_form = "full"  # full | mmim (quadratic term only, as MMIM's code)
-  config.loss.mi_entropy = False  # Add MMIM's Gaussian-mixture estimate of H(y).
+  config.loss.mi_entropy = False
+  # Without H(y), log q(y|x) grows without bound as y collapses; these keep
+  # the bound finite: no gradient into y, and logvar squashed into (-b, b).
+  config.loss.mi_detach_target = True
+  config.loss.mi_logvar_bound = 5.0  # Add MMIM's Gaussian-mixture estimate of H(y).
   config.loss.mi_entropy_memory_batches = 1  # Past batches the H(y) estimate keeps (MMIM keeps 1).
   config.loss.mi_entropy_ridge = 1e-6  # Added to the H(y) covariance diagonals so log det stays finite.
   # Task-loss denominator: "count" divides by the number of real samples, as

@@ -316,6 +316,8 @@ def mutual_information_loss(
     form: str = "full",
     entropy: Mapping[str, jax.Array] | None = None,
     axis_name: str | None = None,
+    detach_target: bool = False,
+    logvar_bound: float = 0.0,
 ) -> jax.Array:
   """Computes L_MI = -sum_pairs (E[log q(y|x)] + H(y)), MMIM's lower bound negated.
 
@@ -331,6 +333,12 @@ def mutual_information_loss(
     entropy: optional pair name -> scalar estimate of H(y) (under pmap,
       this device's share, as `gaussian_mixture_entropy` returns it).
     axis_name: under pmap, the device axis (see the module docstring).
+    detach_target: stop the gradient into y. Without H(y), maximising
+      log q(y|x) through y rewards collapsing y to a constant, which drives
+      the full log-density to +inf.
+    logvar_bound: when > 0, logvar is squashed smoothly into
+      (-logvar_bound, logvar_bound) by `b * tanh(logvar / b)`, which bounds
+      log q(y|x) from above.
 
   Returns:
     The scalar L_MI.
@@ -344,6 +352,10 @@ def mutual_information_loss(
     mean, logvar, target = (
         _zero_padding(fields[key], weight) for key in ("mean", "logvar", "target")
     )
+    if detach_target:
+      target = jax.lax.stop_gradient(target)
+    if logvar_bound > 0:
+      logvar = logvar_bound * jnp.tanh(logvar / logvar_bound)
     log_q = gaussian_log_likelihood(mean, logvar, target, form)
     loss = loss - weighted_mean(log_q, weight, axis_name)
     if entropy is not None and pair in entropy:
@@ -590,7 +602,8 @@ def total_loss(
       entropy = _entropy_terms(outputs["mi"], batch, config, entropy_memory, axis_name)
       terms["mi_entropy"] = sum(entropy.values())
     terms["mutual_information"] = mutual_information_loss(
-        outputs["mi"], weight, config.mi_form, entropy, axis_name
+        outputs["mi"], weight, config.mi_form, entropy, axis_name,
+        detach_target=config.mi_detach_target, logvar_bound=config.mi_logvar_bound
     )
     total = total + config.eta * terms["mutual_information"]
 

@@ -30,6 +30,8 @@ _mutual_information = jax.jit(losses.mutual_information_loss, static_argnames=("
 
 def _loss_config(**overrides):
   config = config_lib.get_base_config().loss
+  # The reference values below use the plain log-density of q(y|x).
+  config.mi_logvar_bound = 0.0
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -549,3 +551,32 @@ def test_total_loss_shares_add_up_across_devices():
   chex.assert_trees_all_close(summed, one_terms, rtol=1e-5, atol=1e-6)
   merged_grad = jax.tree.map(lambda x: x.reshape(-1), share_grad)
   chex.assert_trees_all_close(merged_grad, one_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_mutual_information_detached_target_gets_no_gradient():
+  rng = np.random.default_rng(3)
+  mean, logvar, target = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(3))
+  weight = jnp.ones(4)
+
+  def loss_of_target(y, detach):
+    mi = {"ta": {"mean": mean, "logvar": logvar, "target": y}}
+    return losses.mutual_information_loss(mi, weight, detach_target=detach)
+
+  detached = jax.grad(loss_of_target)(target, True)
+  attached = jax.grad(loss_of_target)(target, False)
+  np.testing.assert_array_equal(np.asarray(detached), 0.0)
+  assert np.abs(np.asarray(attached)).max() > 0
+
+
+def test_mutual_information_logvar_bound_matches_tanh_formula():
+  rng = np.random.default_rng(4)
+  mean = rng.normal(size=(5, 2)).astype(np.float32)
+  logvar = (rng.normal(size=(5, 2)) * 20).astype(np.float32)
+  target = rng.normal(size=(5, 2)).astype(np.float32)
+  bound = 5.0
+  squashed = bound * np.tanh(logvar.astype(np.float64) / bound)
+  log_q = -0.5 * np.sum((target - mean) ** 2 / np.exp(squashed) + squashed + np.log(2 * np.pi), axis=-1)
+  mi = {"ta": {"mean": jnp.asarray(mean), "logvar": jnp.asarray(logvar), "target": jnp.asarray(target)}}
+  value = losses.mutual_information_loss(mi, jnp.ones(5), logvar_bound=bound)
+  np.testing.assert_allclose(float(value), -log_q.mean(), rtol=1e-5)
+  assert np.all(np.abs(squashed) < bound)
