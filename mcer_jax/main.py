@@ -29,6 +29,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.use_python_logging()
   std_logging.basicConfig(level=std_logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+  # Orbax reports every file it writes at INFO through absl's logger.
+  std_logging.getLogger("absl").setLevel(std_logging.WARNING)
   config = _CONFIG.value
 
   from mcer_jax import distributed
