@@ -97,6 +97,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.beta = 0.001
   config.loss.gamma = 0.05
   config.loss.eta = 0.1
+  # KL(q(z|x) || N(0, I)) per sample: "sum" over latent dimensions (the
+  # textbook KL), or "mean" over them, which divides it by model.latent_dim.
+  config.loss.kl_reduction = "sum"
   config.loss.discriminator_group_size = 1  # k in the discriminator loss.
   config.loss.discriminator_layer_average = False  # True: scale L_dc by 1/(2L).
   config.loss.mi_form = "full"  # full | mmim (quadratic term only, as MMIM's code)

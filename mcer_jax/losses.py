@@ -537,6 +537,7 @@ def total_loss(
     config: ml_collections.ConfigDict,
     entropy_memory: Mapping[str, EntropyMemory] | None = None,
     axis_name: str | None = None,
+    latent_dim: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Computes L = L_task + alpha L_m + beta L_avl + gamma L_dc + eta L_MI.
 
@@ -577,6 +578,12 @@ def total_loss(
   unknown = sorted(set(kl) - {"m", *UNIMODAL})
   if unknown:
     raise ValueError(f"outputs['kl'] has unknown keys {unknown}; expected a subset of m, t, a, v.")
+  if kl and config.kl_reduction == "mean":
+    if not latent_dim:
+      raise ValueError("config.loss.kl_reduction is 'mean', so total_loss needs latent_dim (config.model.latent_dim).")
+    kl = {name: values / latent_dim for name, values in kl.items()}
+  elif kl and config.kl_reduction != "sum":
+    raise ValueError(f"config.loss.kl_reduction must be 'sum' or 'mean', found {config.kl_reduction!r}.")
   if "m" in kl:
     terms["kl_m"] = kl_loss(kl["m"], weight, axis_name)
     total = total + config.alpha * terms["kl_m"]

@@ -124,7 +124,9 @@ def compute_gradients(
         train=True,
         rngs={"dropout": dropout_rng, "sample": sample_rng},
     )
-    total, terms = losses.total_loss(outputs, batch, generated, state.config.loss, axis_name=AXIS)
+    total, terms = losses.total_loss(
+        outputs, batch, generated, state.config.loss, axis_name=AXIS, latent_dim=state.config.model.latent_dim
+    )
     return total, (terms, outputs)
 
   (_, (terms, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

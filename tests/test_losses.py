@@ -580,3 +580,16 @@ def test_mutual_information_logvar_bound_matches_tanh_formula():
   value = losses.mutual_information_loss(mi, jnp.ones(5), logvar_bound=bound)
   np.testing.assert_allclose(float(value), -log_q.mean(), rtol=1e-5)
   assert np.all(np.abs(squashed) < bound)
+
+
+def test_total_loss_kl_mean_divides_by_latent_dim():
+  kl = {"m": jnp.asarray([2.0, 4.0]), "t": jnp.asarray([1.0, 3.0])}
+  outputs = {"predictions": {"m": jnp.zeros(2)}, "kl": kl}
+  batch = {"labels": jnp.zeros(2), "weight": jnp.ones(2)}
+  _, summed = losses.total_loss(outputs, batch, {}, _loss_config(kl_reduction="sum"))
+  _, averaged = losses.total_loss(outputs, batch, {}, _loss_config(kl_reduction="mean"), latent_dim=4)
+  assert float(summed["kl_m"]) == pytest.approx(3.0)
+  assert float(averaged["kl_m"]) == pytest.approx(0.75)
+  assert float(averaged["kl_avl"]) == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="latent_dim"):
+    losses.total_loss(outputs, batch, {}, _loss_config(kl_reduction="mean"))
