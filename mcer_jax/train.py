@@ -410,6 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from mcer_jax import data as data_lib
 
   os.makedirs(workdir, exist_ok=True)
+  _check_resume_config(workdir, config)
   results_path = os.path.join(workdir, "results.json")
   if os.path.exists(results_path):
     import json
@@ -418,13 +419,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(results_path, encoding="utf-8") as stream:
       return json.load(stream)
 
-  _check_resume_config(workdir, config)
   splits, info = data_lib.load_splits(config)
   for split in ("train", "valid", "test"):
     if split not in splits or len(splits[split]) == 0:
       raise ValueError(f"the {split} split of {config.data.manual_dir or config.data.name} is missing or empty")
-  if run_outputs.is_writer():
-    run_outputs.write_config(workdir, config)
 
   model = mcer_model.build_model(config, info.feature_dims)
   train_source = splits["train"]
@@ -448,6 +446,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Resumed from step %d (epoch %d, batch %d).", int(state.step), progress["epoch"], progress["batches_done"])
     if run_outputs.is_writer():
       run_outputs.truncate_metrics_log(workdir, progress["epoch"] - 1)
+  # Written only now, so a resume rejected above leaves the saved config.json as it was.
+  if run_outputs.is_writer():
+    run_outputs.write_config(workdir, config)
 
   p_train_step = TrainStep()
   p_eval_step = jax.pmap(functools.partial(eval_step, apply_fn=model.apply), axis_name=AXIS)
