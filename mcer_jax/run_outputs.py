@@ -8,6 +8,7 @@ so TensorFlow is not needed), the generated labels of every epoch under
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,16 +44,25 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def read_metrics_log(workdir: str) -> list[dict[str, Any]]:
-  """Reads `metrics.jsonl`; a missing file is an empty history."""
+  """Reads `metrics.jsonl`; a missing file is an empty history.
+
+  A last line that is not valid JSON is dropped with a warning, because a run
+  killed while appending leaves one. An invalid line before it raises
+  ValueError.
+  """
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
+  with open(path, encoding="utf-8", errors="replace") as stream:
+    lines = [(number, line.strip()) for number, line in enumerate(stream, start=1) if line.strip()]
   rows = []
-  with open(path, encoding="utf-8") as stream:
-    for line in stream:
-      line = line.strip()
-      if line:
-        rows.append(json.loads(line))
+  for position, (number, line) in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if position < len(lines) - 1:
+        raise ValueError(f"{path}, line {number}: invalid JSON ({error}); fix or delete that line") from error
+      logging.warning("%s, line %d: dropped a partial last line, which a killed run left.", path, number)
   return rows
 
 
