@@ -219,8 +219,13 @@ def replicate(tree: Any) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """Fetches the first device's copy of a replicated tree to the host."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  """Fetches the first local device's copy of a replicated tree to the host.
+
+  It copies the device buffer and runs no program: `x[0]` would compile and
+  run one over the local devices, and in a multi-process CPU run such a
+  program run by process 0 alone (for its label history) hung the run.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)
 
 
 def _gather_processes(array: np.ndarray) -> np.ndarray:
@@ -296,13 +301,33 @@ def split_metrics(config: ml_collections.ConfigDict, predictions: np.ndarray, ta
 
 
 class _PreemptionFlag:
-  """Records SIGTERM so the loop can save a checkpoint before exiting."""
+  """Records SIGTERM so the loop can save a checkpoint before exiting.
+
+  With several JAX processes all of them must stop after the same step, or the
+  others wait forever in the next collective. There the preemption sync manager
+  that `jax.distributed.initialize` starts catches SIGTERM and agrees on that
+  step through the coordinator, so no Python handler is installed.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._synchronized = jax.process_count() > 1
+
+  def poll(self, step: int) -> None:
+    """Sets `requested` once any process got SIGTERM, at the same `step` on every process."""
+    if self._synchronized and not self.requested:
+      from jax.experimental import multihost_utils
+
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
 
   def __enter__(self):
+    if self._synchronized:
+      if not jax.config.jax_enable_preemption_service:
+        logging.warning("jax_enable_preemption_service is off: SIGTERM will stop this run without a checkpoint.")
+        self._synchronized = False
+      return self
+
     def handler(signum, frame):
       del frame
       logging.warning("Received signal %d: saving a checkpoint, then stopping.", signum)
@@ -478,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       for batch_number, batch in enumerate(batches, start=start + 1):
         started = time.perf_counter()
         replicated, step_metrics = p_train_step(replicated, batch, epoch_array)
+        preemption.poll((epoch - 1) * steps_per_epoch + batch_number)
         pending.append((step_metrics, batch["index"], batch["weight"]))
         if len(pending) >= config.train.log_every_steps or batch_number == steps_per_epoch or preemption.requested:
           _drain(pending, accumulator, int(unreplicate(replicated.step)))
@@ -536,9 +562,11 @@ def _drain(pending: list, accumulator: dict[str, Any], step: int) -> None:
       if not name.startswith("grad_finite_"):
         accumulator["loss_sums"][name] = accumulator["loss_sums"].get(name, 0.0) + float(value)
     accumulator["steps"] += 1
-    real = np.asarray(weight).reshape(-1) > 0
-    accumulator["index"].extend(np.asarray(index).reshape(-1)[real].tolist())
-    accumulator["prediction"].extend(np.asarray(step_metrics["prediction"]).reshape(-1)[real].tolist())
+    # Rows of all processes, so the train metrics and the saved accumulator are
+    # those of the global batch and the same on every process.
+    real = _gather_processes(np.asarray(weight).reshape(-1)) > 0
+    accumulator["index"].extend(_gather_processes(np.asarray(index).reshape(-1))[real].tolist())
+    accumulator["prediction"].extend(_gather_processes(np.asarray(step_metrics["prediction"]).reshape(-1))[real].tolist())
 
 
 def _test_best(config, workdir, manager, progress, state, p_eval_step, splits, info) -> dict[str, float]:
