@@ -38,7 +38,19 @@ AXIS = "batch"
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A loss term or gradient became NaN or infinite."""
+  """A loss term or gradient became NaN or infinite.
+
+  Attributes:
+    step: the step (1-based count of steps run) whose values were not finite.
+    terms: every non-finite loss term of that step and its value.
+    groups: every parameter group whose gradient was not finite in that step.
+  """
+
+  def __init__(self, message: str, step: int, terms: Mapping[str, float], groups: list[str]):
+    super().__init__(message)
+    self.step = step
+    self.terms = dict(terms)
+    self.groups = list(groups)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -349,23 +361,32 @@ class Preempted(RuntimeError):
 
 
 def _check_finite(step_metrics: Mapping[str, np.ndarray], step: int) -> None:
-  """Raises `NonFiniteLossError` naming the first non-finite term of a step."""
+  """Raises `NonFiniteLossError` naming every non-finite loss term and gradient group of a step."""
+  terms = {}
+  groups = []
   for name, value in step_metrics.items():
     if name == "prediction":
       continue
     if name.startswith("grad_finite_"):
       if not np.all(value):
-        group = name[len("grad_finite_"):]
-        raise NonFiniteLossError(
-            f"step {step}: the gradient of the {group} parameters is not finite; the step was "
-            "skipped and no saved weights were changed. Lower the learning rate of that group "
-            "or check its input features."
-        )
+        groups.append(name[len("grad_finite_"):])
     elif not np.all(np.isfinite(value)):
-      raise NonFiniteLossError(
-          f"step {step}: loss term '{name}' is {np.ravel(value)[0]}; the step was skipped and no "
-          "saved weights were changed. Check the input features and the weight of that term."
-      )
+      terms[name] = float(np.ravel(value)[0])
+  if not terms and not groups:
+    return
+  found = []
+  if terms:
+    found.append("loss terms " + ", ".join(f"'{name}' = {value}" for name, value in terms.items()))
+  if groups:
+    found.append("the gradient of the " + ", ".join(f"'{group}'" for group in groups) + " parameters")
+  raise NonFiniteLossError(
+      f"step {step}: not finite: {'; and '.join(found)}. The update of that step was skipped and no "
+      "checkpoint is written after it. Check the input features, and lower the learning rate of those "
+      "parameter groups or the weight of those loss terms.",
+      step,
+      terms,
+      groups,
+  )
 
 
 def _shape_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -554,10 +575,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _drain(pending: list, accumulator: dict[str, Any], step: int) -> None:
-  """Moves finished steps' metrics to the host, checks them and adds them up."""
-  for step_metrics, index, weight in jax.device_get(pending):
+  """Moves finished steps' metrics to the host, checks them and adds them up.
+
+  `step` is the number of the last pending step, so the first one is
+  `step - len(pending) + 1`.
+  """
+  first_step = step - len(pending) + 1
+  for offset, (step_metrics, index, weight) in enumerate(jax.device_get(pending)):
     first_device = {name: np.asarray(value)[0] for name, value in step_metrics.items() if name != "prediction"}
-    _check_finite(first_device, step)
+    _check_finite(first_device, first_step + offset)
     for name, value in first_device.items():
       if not name.startswith("grad_finite_"):
         accumulator["loss_sums"][name] = accumulator["loss_sums"].get(name, 0.0) + float(value)
