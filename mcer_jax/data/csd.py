@@ -25,6 +25,7 @@ from the standard folds of an installed CMU-MultimodalSDK (`mmsdk`) for MOSI and
 MOSEI. Utterances of videos in no split are dropped with a logged count.
 """
 
+import contextlib
 import glob
 import importlib
 import json
@@ -38,7 +39,7 @@ from absl import logging
 
 from mcer_jax.data import tokenization
 from mcer_jax.data.errors import DataError
-from mcer_jax.data.normalize import SPLITS, ReadOptions, check_splits, normalize_split
+from mcer_jax.data.normalize import SPLITS, ReadOptions, as_numeric, check_splits, normalize_split
 
 SPLITS_FILE = "splits.json"
 SILENCE_TOKENS = ("sp", "")
@@ -53,6 +54,20 @@ STANDARD_FOLD_MODULES = {
 _UTTERANCE_KEY = re.compile(r"^(.*)\[(\d+)\]$")
 
 
+@contextlib.contextmanager
+def _hdf5_errors(path: str, what: str):
+  """Turns the errors h5py raises on a damaged file into a DataError naming the file and `what`."""
+  try:
+    yield
+  except DataError:
+    raise
+  except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
+    raise DataError(
+        f"{path}: cannot read {what} ({type(error).__name__}: {error}); the file is damaged or not a "
+        "computational sequence. Copy or download it again."
+    ) from error
+
+
 class _Sequence:
   """One open computational sequence: its entries' features and intervals."""
 
@@ -62,20 +77,23 @@ class _Sequence:
       self._file = h5py.File(path, "r")
     except OSError as error:
       raise DataError(f"{path}: cannot open as HDF5 ({error}); the file is truncated or not a computational sequence") from error
-    roots = list(self._file.keys())
-    if not roots or not isinstance(self._file[roots[0]], h5py.Group) or "data" not in self._file[roots[0]]:
-      raise DataError(f"{path}: expected a root group with a 'data' group (<root>/data/<video>/features); found {roots}")
-    self.data = self._file[roots[0]]["data"]
+    with _hdf5_errors(path, "the root group"):
+      roots = list(self._file.keys())
+      if not roots or not isinstance(self._file[roots[0]], h5py.Group) or not isinstance(self._file[roots[0]].get("data"), h5py.Group):
+        raise DataError(f"{path}: expected a root group with a 'data' group (<root>/data/<video>/features); found {roots}")
+      self.data = self._file[roots[0]]["data"]
     self._cached: tuple[str, tuple[np.ndarray, np.ndarray]] | None = None
 
   def close(self):
     self._file.close()
 
   def __contains__(self, key: str) -> bool:
-    return key in self.data
+    with _hdf5_errors(self.path, f"entry '{key}'"):
+      return key in self.data
 
   def keys(self) -> list[str]:
-    return list(self.data.keys())
+    with _hdf5_errors(self.path, "the entry names"):
+      return list(self.data.keys())
 
   def read(self, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (features [T, d], intervals [T, 2]) of an entry, keeping the last one read in memory.
@@ -84,14 +102,19 @@ class _Sequence:
     """
     if self._cached is not None and self._cached[0] == key:
       return self._cached[1]
-    entry = self.data[key]
-    for name in ("features", "intervals"):
-      if name not in entry:
-        raise DataError(f"{self.path}, entry '{key}': missing dataset '{name}'; found {list(entry.keys())}")
-    features = entry["features"][()]
-    intervals = np.asarray(entry["intervals"][()], np.float64)
+    with _hdf5_errors(self.path, f"entry '{key}'"):
+      entry = self.data[key]
+      if not isinstance(entry, h5py.Group):
+        raise DataError(f"{self.path}, entry '{key}': expected a group with 'features' and 'intervals', found a {type(entry).__name__}")
+      for name in ("features", "intervals"):
+        if name not in entry:
+          raise DataError(f"{self.path}, entry '{key}': missing dataset '{name}'; found {list(entry.keys())}")
+      features = np.asarray(entry["features"][()])
+      intervals = as_numeric(entry["intervals"][()], np.float64, f"{self.path}, entry '{key}', intervals")
     if features.ndim == 1:
       features = features[:, None]
+    if features.ndim != 2 or features.shape[1] == 0:
+      raise DataError(f"{self.path}, entry '{key}': expected features [frames, columns] with at least one column, found {features.shape}")
     if intervals.ndim != 2 or intervals.shape[1] != 2 or intervals.shape[0] != features.shape[0]:
       raise DataError(
           f"{self.path}, entry '{key}': expected intervals [{features.shape[0]}, 2] for features "
@@ -170,6 +193,7 @@ def _utterances(labels: _Sequence) -> list[tuple[str, str, float, float, float]]
   out = []
   for key in labels.keys():
     features, intervals = labels.read(key)
+    features = as_numeric(features, np.float64, f"{labels.path}, entry '{key}', features")
     match = _UTTERANCE_KEY.match(key)
     if match:
       if features.shape[0] != 1:
@@ -236,8 +260,8 @@ def read_csd(manual_dir: str, options: ReadOptions) -> dict[str, dict[str, np.nd
       fields["id"].append(utterance)
       fields["raw_text"].append(" ".join(_decode_words(rows["words"])))
       fields["labels"].append(label)
-      fields["audio"].append(np.asarray(rows["audio"], np.float32))
-      fields["vision"].append(np.asarray(rows["vision"], np.float32))
+      fields["audio"].append(as_numeric(rows["audio"], np.float32, f"{paths['audio']}, entry '{utterance}'"))
+      fields["vision"].append(as_numeric(rows["vision"], np.float32, f"{paths['vision']}, entry '{utterance}'"))
   finally:
     for sequence in sequences.values():
       sequence.close()
@@ -247,10 +271,14 @@ def read_csd(manual_dir: str, options: ReadOptions) -> dict[str, dict[str, np.nd
     if count:
       logging.warning("%s: dropped %d utterances whose video has no entry in %s.", manual_dir, count, paths[name])
 
+  dropped = [f"{count} for lack of an entry in {paths[name]}" for name, count in missing.items() if count]
   splits = {}
   for split, fields in collected.items():
     if not fields["id"]:
-      raise DataError(f"{manual_dir}: the {split} split has no labelled utterances; check {SPLITS_FILE} against the label file's video ids")
+      raise DataError(
+          f"{manual_dir}: the {split} split has no labelled utterances (utterances dropped: {', '.join(dropped) or 'none'}). "
+          f"Check {SPLITS_FILE} against the label file's video ids, and the files named here."
+      )
     token_arrays, truncated = encoder.encode(fields["raw_text"], options.max_text_len)
     if truncated:
       logging.info("%s, split '%s': truncated %d transcripts to %d tokens.", manual_dir, split, truncated, options.max_text_len)

@@ -63,25 +63,60 @@ def _where(source: str, split: str, field: str | None = None, sample_id: str | N
   return ", ".join(parts)
 
 
+def as_numeric(values: Any, dtype: Any, where: str, kinds: str = "biuf") -> np.ndarray:
+  """Converts `values` to a numeric array of `dtype`, or raises DataError.
+
+  Booleans, integers and floats are converted. Text, complex numbers, ragged
+  nested lists and other objects raise, because converting them would parse
+  strings or drop imaginary parts without a word.
+
+  Args:
+    values: an array, a (nested) list or a number.
+    dtype: the numpy dtype to return.
+    where: the file, split and field, for messages.
+    kinds: the numpy dtype kinds admitted (b bool, i and u integers, f floats).
+  """
+  try:
+    array = np.asarray(values)
+  except (ValueError, TypeError) as error:
+    raise DataError(f"{where}: expected a numeric array, found values numpy cannot stack ({error})") from error
+  if array.dtype == object:
+    if any(isinstance(item, (str, bytes, complex, np.complexfloating)) for item in array.reshape(-1)):
+      raise DataError(f"{where}: expected numbers, found text or complex values in an object array")
+    try:
+      array = array.astype(np.float64)
+    except (ValueError, TypeError) as error:
+      raise DataError(f"{where}: expected numbers, found an object array that is not numeric ({error})") from error
+  if array.dtype.kind not in kinds:
+    raise DataError(f"{where}: expected numbers, found dtype {array.dtype}; store the field as a numeric array")
+  with np.errstate(over="ignore"):  # Overflow to inf is counted and repaired by the callers.
+    return array.astype(dtype, copy=False)
+
+
 def _as_strings(values: Any, source: str, split: str, field: str) -> np.ndarray:
   """Converts ids or transcripts (str, bytes or numpy strings) to a str array [N]."""
   out = []
-  for value in np.asarray(values, dtype=object).reshape(-1):
+  try:
+    array = np.asarray(values, dtype=object)
+  except (ValueError, TypeError) as error:
+    raise DataError(f"{_where(source, split, field)}: expected a 1-D list of strings ({error})") from error
+  for value in array.reshape(-1):
     if isinstance(value, bytes):
       value = value.decode("utf-8", errors="replace")
     elif not isinstance(value, str):
       value = str(value)
     out.append(value)
-  if np.ndim(values) != 1:
-    raise DataError(f"{_where(source, split, field)}: expected a 1-D list of strings, found shape {np.shape(values)}")
+  if array.ndim != 1:
+    raise DataError(f"{_where(source, split, field)}: expected a 1-D list of strings, found shape {array.shape}")
   return np.asarray(out, dtype=object).astype(str) if out else np.zeros([0], str)
 
 
 def _check_labels(labels: Any, ids: np.ndarray, options: ReadOptions, source: str, split: str, field: str) -> np.ndarray:
   """Returns float32 [N] labels after checking they are finite and inside the label range."""
+  values = as_numeric(labels, np.float64, _where(source, split, field))
   try:
-    values = np.asarray(labels, np.float64).reshape(len(ids), -1)
-  except (ValueError, TypeError) as error:
+    values = values.reshape(len(ids), -1)
+  except ValueError as error:
     raise DataError(f"{_where(source, split, field)}: expected one number per sample ({error})") from error
   if values.shape[1] != 1:
     raise DataError(f"{_where(source, split, field)}: expected one label per sample, found shape {np.shape(labels)}")
@@ -113,16 +148,40 @@ def _clean_non_finite(array: np.ndarray, ids: np.ndarray, options: ReadOptions, 
         "to replace them by 0, as MMSA does."
     )
   logging.warning(
-      "%s: replaced %d NaN or inf values in %d samples by 0.", _where(source, split, field), count, bad_samples.size
+      "%s: replaced %d NaN or inf values in %d samples by 0 (values beyond the float32 range count as inf).",
+      _where(source, split, field), count, bad_samples.size,
   )
   return np.where(finite, array, 0).astype(array.dtype)
 
 
 def _infer_lengths(frames: np.ndarray) -> np.ndarray:
   """Returns, per sample, the position of the last frame with a non-zero value plus one."""
+  if frames.shape[1] == 0:
+    return np.zeros(frames.shape[0], np.int64)
   nonzero = (frames != 0).reshape(frames.shape[0], frames.shape[1], -1).any(axis=2)
   last = frames.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
   return np.where(nonzero.any(axis=1), last, 0).astype(np.int64)
+
+
+def _check_lengths(lengths: Any, num: int, stored: int, ids: np.ndarray, where: str) -> np.ndarray:
+  """Returns int64 [num] lengths at most `stored`; non-integer, negative or non-finite lengths raise DataError.
+
+  Lengths above the `stored` frames (even 10**9) are clamped with a logged count.
+  """
+  values = as_numeric(lengths, np.float64, where, kinds="iuf").reshape(-1)
+  if values.shape[0] != num:
+    raise DataError(f"{where}: expected {num} lengths, found {values.shape[0]}")
+  invalid = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < 0))
+  if invalid.size:
+    first = int(invalid[0])
+    raise DataError(
+        f"{where}, sample '{ids[first]}': length {values[first]} is not a non-negative whole number "
+        f"({invalid.size} such lengths in this split)"
+    )
+  too_long = int((values > stored).sum())
+  if too_long:
+    logging.warning("%s: %d lengths exceed the %d stored frames; clamped to %d.", where, too_long, stored, stored)
+  return np.minimum(values, stored).astype(np.int64)
 
 
 def _normalize_sequence(
@@ -152,42 +211,32 @@ def _normalize_sequence(
     if lengths is None:
       lengths = _infer_lengths(frames)
       logging.info("%s: no lengths stored; inferred them from the last non-zero frame.", _where(source, split, field))
-    window = np.asarray(frames[:, :max_len], np.float32)
+    window = as_numeric(frames[:, :max_len], np.float32, _where(source, split, field))
   else:
     if lengths is not None:
       raise ValueError("lengths must be None when frames is a list of per-sample arrays")  # A reader bug.
     frames = list(frames)
     if len(frames) != num:
       raise DataError(f"{_where(source, split, field)}: expected {num} sequences, found {len(frames)}")
+    frames = [as_numeric(sample, np.float32, _where(source, split, field, ids[i])) for i, sample in enumerate(frames)]
     dims = set()
     for i, sample in enumerate(frames):
-      shape = np.shape(sample)
-      if len(shape) != 2:
-        raise DataError(f"{_where(source, split, field, ids[i])}: expected an array [frames, features], found shape {shape}")
-      dims.add(shape[1])
+      if sample.ndim != 2:
+        raise DataError(f"{_where(source, split, field, ids[i])}: expected an array [frames, features], found shape {sample.shape}")
+      dims.add(sample.shape[1])
     if len(dims) > 1:
       raise DataError(f"{_where(source, split, field)}: samples have different feature sizes {sorted(dims)}")
     dim = dims.pop() if dims else 0
-    lengths = np.asarray([np.shape(sample)[0] for sample in frames], np.int64)
+    lengths = np.asarray([sample.shape[0] for sample in frames], np.int64)
     stored = int(lengths.max(initial=0))
     window = np.zeros([num, max_len, dim], np.float32)
     for i, sample in enumerate(frames):
-      head = np.asarray(sample, np.float32)[:max_len]
+      head = sample[:max_len]
       window[i, : len(head)] = head
 
-  lengths = np.asarray(lengths, np.int64).reshape(-1)
-  if lengths.shape[0] != num:
-    raise DataError(f"{_where(source, split, field + '_lengths')}: expected {num} lengths, found {lengths.shape[0]}")
-  negative = np.flatnonzero(lengths < 0)
-  if negative.size:
-    raise DataError(f"{_where(source, split, field + '_lengths', ids[negative[0]])}: negative length {lengths[negative[0]]}")
-  too_long = int((lengths > stored).sum())
-  if too_long:
-    logging.warning(
-        "%s: %d lengths exceed the %d stored frames; clamped to %d.",
-        _where(source, split, field + "_lengths"), too_long, stored, stored,
-    )
-    lengths = np.minimum(lengths, stored)
+  if window.shape[2] == 0:
+    raise DataError(f"{_where(source, split, field)}: expected at least one feature per frame, found 0")
+  lengths = _check_lengths(lengths, num, stored, ids, _where(source, split, field + "_lengths"))
   truncated = int((lengths > max_len).sum())
   if truncated:
     logging.info("%s: truncated %d sequences to %d frames.", _where(source, split, field), truncated, max_len)
@@ -234,11 +283,16 @@ def _normalize_text_ids(raw: dict[str, Any], ids: np.ndarray, options: ReadOptio
   """Checks token ids, mask and segments and fits them to max_text_len."""
   arrays = {}
   for key in TEXT_ID_KEYS:
-    values = np.asarray(raw[key])
+    values = as_numeric(raw[key], np.float64, _where(source, split, key))
     if values.ndim != 2 or values.shape[0] != len(ids):
       raise DataError(f"{_where(source, split, key)}: expected an array [{len(ids)}, tokens], found shape {values.shape}")
-    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)) or (values < 0).any():
-      raise DataError(f"{_where(source, split, key)}: expected non-negative whole numbers (token ids), found other values")
+    invalid = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > np.iinfo(np.int32).max)
+    if invalid.any():
+      row, column = np.argwhere(invalid)[0]
+      raise DataError(
+          f"{_where(source, split, key)}: expected non-negative whole numbers below 2**31 (token ids), "
+          f"found {values[row, column]} in sample '{ids[row]}' at position {column}"
+      )
     arrays[key] = values.astype(np.int64)
   mask = arrays["text_mask"]
   if not np.isin(mask, (0, 1)).all():
@@ -272,7 +326,7 @@ def _normalize_text_ids(raw: dict[str, Any], ids: np.ndarray, options: ReadOptio
 
 def _normalize_text_features(raw: dict[str, Any], ids: np.ndarray, options: ReadOptions, source: str, split: str) -> dict[str, np.ndarray]:
   """Checks precomputed text features [N, L, d] and derives their mask from non-zero rows."""
-  features = np.asarray(raw["text_features"])
+  features = as_numeric(raw["text_features"], np.float32, _where(source, split, "text_features"))
   if features.ndim != 3 or features.shape[0] != len(ids):
     raise DataError(f"{_where(source, split, 'text_features')}: expected [{len(ids)}, tokens, features], found {features.shape}")
   lengths = raw.get("text_lengths")

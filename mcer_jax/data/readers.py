@@ -27,7 +27,7 @@ from mcer_jax.data import csd
 from mcer_jax.data import safe_pickle
 from mcer_jax.data import tokenization
 from mcer_jax.data.errors import DataError
-from mcer_jax.data.normalize import SPLITS, ReadOptions, check_splits, normalize_split
+from mcer_jax.data.normalize import SPLITS, ReadOptions, as_numeric, check_splits, normalize_split
 
 LAYOUTS = ("mmsa", "misa", "csd")
 # MISA's file for each split; the validation split is called "dev" there.
@@ -53,10 +53,7 @@ def _require(container: dict[str, Any], key: str, source: str, split: str) -> An
 
 
 def _numeric_array(container: dict[str, Any], key: str, source: str, split: str) -> np.ndarray:
-  try:
-    return np.asarray(_require(container, key, source, split), np.float32)
-  except (ValueError, TypeError) as error:
-    raise DataError(f"{source}, split '{split}', field '{key}': expected a numeric array ({error})") from error
+  return as_numeric(_require(container, key, source, split), np.float32, f"{source}, split '{split}', field '{key}'")
 
 
 def read_mmsa(path: str, options: ReadOptions) -> dict[str, dict[str, np.ndarray]]:
@@ -112,14 +109,20 @@ def _misa_record(record: Any, path: str, index: int) -> tuple[np.ndarray, np.nda
         f"{path}, record {index}: expected ((word_ids, visual, acoustic, words), label, segment_id), "
         f"found {type(record).__name__} ({error})"
     ) from error
-  label = np.asarray(label, np.float64)
+  segment = segment.decode("utf-8", errors="replace") if isinstance(segment, bytes) else str(segment)
+  where = f"{path}, record {index} ('{segment}')"
+  label = as_numeric(label, np.float64, f"{where}, label")
   if label.size != 1:
-    raise DataError(f"{path}, record {index} ('{segment}'): expected one label, found shape {label.shape}")
+    raise DataError(f"{where}: expected one label, found shape {label.shape}")
   if isinstance(words, (str, bytes)) or not hasattr(words, "__iter__"):
-    raise DataError(f"{path}, record {index} ('{segment}'): expected a list of words, found {type(words).__name__}")
-  words = [word.decode("utf-8", errors="replace") if isinstance(word, bytes) else str(word) for word in words]
-  segment = segment.decode("utf-8") if isinstance(segment, bytes) else str(segment)
-  return np.asarray(visual), np.asarray(acoustic), words, float(label.reshape(-1)[0]), segment
+    raise DataError(f"{where}: expected a list of words, found {type(words).__name__}")
+  try:
+    words = [word.decode("utf-8", errors="replace") if isinstance(word, bytes) else str(word) for word in words]
+  except TypeError as error:  # A 0-d numpy array has __iter__ but cannot be iterated.
+    raise DataError(f"{where}: expected a list of words, found {type(words).__name__} ({error})") from error
+  visual = as_numeric(visual, np.float32, f"{where}, visual")
+  acoustic = as_numeric(acoustic, np.float32, f"{where}, acoustic")
+  return visual, acoustic, words, float(label.reshape(-1)[0]), segment
 
 
 def _read_misa_split(path: str, split: str, encoder: tokenization.WordPieceEncoder, options: ReadOptions) -> dict[str, np.ndarray]:

@@ -2,9 +2,14 @@
 
 Unpickling calls whatever global a pickle names, so a crafted file can run any
 code. `load` admits only the globals that numpy arrays, numpy scalars and
-builtin containers need and rejects every other one before calling it.
+builtin containers need and rejects every other one before calling it. Of the
+admitted globals, `bytes` and `bytearray` would allocate a zero-filled buffer of
+any size when called with a number, and `_codecs.encode` would load other
+codecs, so those calls are rejected too.
 """
 
+import builtins
+import codecs
 import importlib
 import os
 import pickle
@@ -53,6 +58,31 @@ def _numpy_core_module(submodule: str) -> Any:
     return importlib.import_module(f"numpy.core.{submodule}")
 
 
+def _reject_size_argument(constructor: type, path: str) -> Any:
+  """Wraps `bytes` or `bytearray` so that a call with a number (a buffer size) raises."""
+
+  def construct(*args):
+    if args and isinstance(args[0], int):
+      raise UnsafePickleError(
+          f"{path}: the pickle calls {constructor.__name__}({args[0]}), which allocates a buffer of that size; "
+          "pickles of real data never do this, so the file was rejected."
+      )
+    return constructor(*args)
+
+  return construct
+
+
+def _latin1_encode(path: str) -> Any:
+  """Wraps `_codecs.encode` so that only the latin-1 codec that pickles of bytes use is admitted."""
+
+  def encode(text, encoding="utf-8", *args):
+    if str(encoding).lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+      raise UnsafePickleError(f"{path}: the pickle calls _codecs.encode with the codec {encoding!r}; only latin-1 is admitted.")
+    return codecs.encode(text, encoding, *args)
+
+  return encode
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
   """An Unpickler whose `find_class` resolves only the allowed globals."""
 
@@ -63,6 +93,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str) -> Any:
     if module == "__builtin__":  # Python 2 name of `builtins`, used by protocols 0-2.
       module = "builtins"
+    if (module, name) in (("builtins", "bytes"), ("builtins", "bytearray")):
+      return _reject_size_argument(getattr(builtins, name), self._path)
+    if (module, name) == ("_codecs", "encode"):
+      return _latin1_encode(self._path)
     if (module, name) in _BUILTIN_GLOBALS:
       return getattr(importlib.import_module(module), name)
     if (module, name) in _NUMPY_GLOBALS:
@@ -109,4 +143,10 @@ def load(path: str | os.PathLike) -> Any:
       raise DataError(
           f"{path}: cannot unpickle the file ({type(error).__name__}: {error}); it is truncated, "
           "corrupted or not a pickle. Copy or download it again."
+      ) from error
+    except (MemoryError, OverflowError, RecursionError) as error:
+      # A damaged length field requests an absurd size, or the nesting is too deep.
+      raise DataError(
+          f"{path}: cannot unpickle the file ({type(error).__name__}: {error}); a size or nesting depth in it "
+          "is out of range, so it is corrupted. Copy or download it again."
       ) from error
