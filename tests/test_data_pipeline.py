@@ -195,3 +195,32 @@ def test_without_threads_same_batches():
   for a, b in zip(threaded, plain):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_padding_rows_fit_the_text_bucket():
+  from mcer_jax.data import pipeline
+  from mcer_jax.data.sources import ArraySource
+
+  count, stored = 5, 12
+  lengths = np.array([12, 3, 3, 3, 3])  # Sample 0, which fills padding rows, is the longest.
+  ids = np.zeros((count, stored), np.int32)
+  for row, length in enumerate(lengths):
+    ids[row, :length] = np.arange(1, length + 1)
+  arrays = {
+      "id": np.array([f"s{i}" for i in range(count)]),
+      "raw_text": np.array(["text"] * count),
+      "text_ids": ids,
+      "text_mask": (ids > 0).astype(np.int32),
+      "text_segment": np.zeros_like(ids),
+      "audio": np.zeros((count, 4, 2), np.float32),
+      "audio_lengths": np.full(count, 4, np.int32),
+      "vision": np.zeros((count, 4, 3), np.float32),
+      "vision_lengths": np.full(count, 4, np.int32),
+      "labels": np.zeros(count, np.float32),
+  }
+  source = ArraySource(arrays)
+  batches = list(pipeline.epoch_batches(
+      source, batch_size=4, seed=0, epoch=1, shuffle=False, text_buckets=(4, 12), num_threads=0))
+  last = batches[-1]
+  assert last["weight"].sum() == 1
+  assert last["text_ids"].shape[-1] == 12

@@ -119,7 +119,11 @@ class _BatchMaker:
       batch[key] = np.stack([np.asarray(sample[key]) for sample in samples])
     stored = batch["text_mask"].shape[1]
     if self._buckets:
-      text_length = bucket_length(int(self._text_lengths[real_rows].max()), self._buckets, stored)
+      longest = int(self._text_lengths[real_rows].max())
+      if len(real_rows) < len(global_rows):
+        # Padding rows repeat sample 0, so its text must fit the bucket too.
+        longest = max(longest, int(self._text_lengths[0]))
+      text_length = bucket_length(longest, self._buckets, stored)
     else:
       text_length = self._max_lengths.get("text", stored)
     for key in TEXT_KEYS:
