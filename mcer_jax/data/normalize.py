@@ -81,8 +81,8 @@ def as_numeric(values: Any, dtype: Any, where: str, kinds: str = "biuf") -> np.n
   except (ValueError, TypeError) as error:
     raise DataError(f"{where}: expected a numeric array, found values numpy cannot stack ({error})") from error
   if array.dtype == object:
-    if any(isinstance(item, (str, bytes, complex, np.complexfloating)) for item in array.reshape(-1)):
-      raise DataError(f"{where}: expected numbers, found text or complex values in an object array")
+    if any(item is None or isinstance(item, (str, bytes, complex, np.complexfloating)) for item in array.reshape(-1)):
+      raise DataError(f"{where}: expected numbers, found None, text or complex values in an object array")
     try:
       array = array.astype(np.float64)
     except (ValueError, TypeError) as error:
