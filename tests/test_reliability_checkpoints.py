@@ -1,4 +1,4 @@
-"""Tests of checkpoint verification with real orbax checkpoints of a small state.
+"""Tests of checkpoint verification with real orbax checkpoints of a small state, and of the metrics log on resume.
 
 A damaged checkpoint (a flipped bit, a truncated or missing file) must be
 reported and skipped for the one before it, and moved out of the way so that
@@ -6,6 +6,7 @@ its step can be saved again. A checkpoint of other shapes must be rejected
 without touching anything.
 """
 
+import json
 import logging
 import os
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from mcer_jax import checkpointing
+from mcer_jax import run_outputs
 
 PROGRESS = {
     "epoch": 2,
@@ -187,3 +189,20 @@ def test_checksum_covers_arrays_and_progress():
   assert checkpointing.checksum(state, dict(PROGRESS, batches_done=1)) != reference
   renamed = {"params": {"weights": state["params"]["kernel"], "bias": state["params"]["bias"]}, "step": state["step"]}
   assert checkpointing.checksum(renamed, PROGRESS) != reference
+
+
+def test_partial_metrics_line_dropped(tmp_path, caplog):
+  # A run killed while appending to metrics.jsonl leaves a partial last line.
+  rows = [{"epoch": 1, "valid/MAE": 0.9}, {"epoch": 2, "valid/MAE": 0.8}]
+  text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+  (tmp_path / "metrics.jsonl").write_text(text + '{"epoch": 3, "valid/MA', encoding="utf-8")
+  with caplog.at_level(logging.WARNING):
+    run_outputs.truncate_metrics_log(str(tmp_path), 5)
+  assert "line 3: dropped a partial last line" in caplog.text
+  assert (tmp_path / "metrics.jsonl").read_text(encoding="utf-8") == text
+
+
+def test_invalid_metrics_line_inside_rejected(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n', encoding="utf-8")
+  with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: invalid JSON"):
+    run_outputs.read_metrics_log(str(tmp_path))
