@@ -3,7 +3,7 @@
 The runs use experiments/mosi.py on the 150 real MOSI utterances with a tiny,
 randomly initialised text encoder (vocabulary 30522 so the real token ids fit)
 and two epochs. They share one JAX compilation cache, so the file's five small
-runs take about four minutes on two CPU cores.
+runs take about five minutes on two CPU cores.
 """
 
 import csv
