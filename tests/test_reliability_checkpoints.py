@@ -206,3 +206,17 @@ def test_invalid_metrics_line_inside_rejected(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n', encoding="utf-8")
   with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: invalid JSON"):
     run_outputs.read_metrics_log(str(tmp_path))
+
+
+def test_best_checkpoint_survives_restart(tmp_path):
+  # Validation MAE by step: step 1 is the best and must outlive the two latest.
+  scores = {1: 0.5, 2: 0.9, 3: 0.8, 4: 0.7}
+  manager = _manager(tmp_path)
+  for step in (1, 2):
+    checkpointing.save(manager, step, _state(step), dict(PROGRESS, epoch=step + 1), {"MAE": scores[step]})
+  restarted = _manager(tmp_path)
+  for step in (3, 4):
+    checkpointing.save(restarted, step, _state(step), dict(PROGRESS, epoch=step + 1), {"MAE": scores[step]})
+  assert restarted.all_steps() == [1, 3, 4]
+  restored, _ = checkpointing.restore(_manager(tmp_path), 1, _state(0))
+  _assert_state(restored, _state(1))
