@@ -72,7 +72,7 @@ def create_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManage
       ]
   )
   # orbax (0.12.8) writes the metrics of a checkpoint to disk only when
-  # best_fn is set. Without them a restarted run's BestN sees old checkpoints
+  # best_fn is set. Without them a restarted run's BestN treats old checkpoints
   # as having no metric and deletes the best one at the next save.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy,
