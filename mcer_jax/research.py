@@ -596,3 +596,18 @@ def run_seed_group(
         prefix=tag,
     )
   return results
+
+
+def run_tool(main: Any) -> None:
+  """Runs a tool's `main(argv)` and exits with its status, turning stops and errors into one-line messages."""
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except Interrupted as stop:
+    print(f"Stopped: {stop}", file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+  except KeyboardInterrupt:
+    print("Stopped.", file=sys.stderr)
+    sys.exit(130)
+  except ResearchError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)

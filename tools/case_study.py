@@ -185,8 +185,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except research.ResearchError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  research.run_tool(main)

@@ -64,14 +64,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except research.Interrupted as stop:
-    print(f"Stopped: {stop}", file=sys.stderr)
-    sys.exit(research.EXIT_PREEMPTED)
-  except KeyboardInterrupt:
-    print("Stopped.", file=sys.stderr)
-    sys.exit(130)
-  except research.ResearchError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  research.run_tool(main)
