@@ -143,8 +143,11 @@ def compute_gradients(
     return total, (terms, outputs)
 
   (_, (terms, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, AXIS)
-  terms = jax.lax.psum(terms, AXIS)
+  if jax.lax.axis_size(AXIS) > 1:
+    # On one device the sum would only copy every gradient (25 ms a step for
+    # a MiniLM text encoder on two CPU cores).
+    grads = jax.lax.psum(grads, AXIS)
+    terms = jax.lax.psum(terms, AXIS)
   features = jax.lax.stop_gradient(outputs["features"])
   return grads, terms, features, outputs["predictions"]["m"]
 
@@ -303,6 +306,7 @@ def _batches(
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       text_buckets=tuple(config.data.text_buckets),
+      length_pool=config.data.length_pool,
   )
 
 

@@ -224,3 +224,69 @@ def test_padding_rows_fit_the_text_bucket():
   last = batches[-1]
   assert last["weight"].sum() == 1
   assert last["text_ids"].shape[-1] == 12
+
+
+@pytest.mark.parametrize("num_samples, batch_size, pool", [(37, 8, 2), (64, 8, 3), (50, 10, 100)])
+def test_length_pool_sorts_each_pool_and_visits_every_sample_once(num_samples, batch_size, pool):
+  source = _source(num_samples, seed=2)
+  order = pipeline.epoch_order(num_samples, seed=3, epoch=1, shuffle=True)
+  rows = _global_rows(source, 1, batch_size=batch_size, length_pool=pool)
+  seen = np.concatenate([index[weight == 1] for index, weight in rows])
+  assert sorted(seen.tolist()) == list(range(num_samples))
+  # Independently of the implementation: the texts of pool p, sorted, are the
+  # lengths of the batches of pool p laid end to end in some batch order.
+  pool_size = pool * batch_size
+  for start in range(0, num_samples, pool_size):
+    members = set(order[start:start + pool_size].tolist())
+    pool_rows = [index[weight == 1] for index, weight in rows if set(index[weight == 1].tolist()) <= members]
+    assert sum(len(r) for r in pool_rows) == len(members)
+    for r in pool_rows:
+      assert np.all(np.diff(source.text_lengths[r]) >= 0)
+    spans = sorted((source.text_lengths[r].min(), source.text_lengths[r].max()) for r in pool_rows)
+    for (_, high), (low, _) in zip(spans, spans[1:]):
+      assert high <= low
+
+
+def test_length_pool_is_deterministic_and_changes_with_epoch():
+  source = _source(60, seed=4)
+  first = [b["index"] for b in _batches(source, epoch=3, length_pool=2)]
+  again = [b["index"] for b in _batches(source, epoch=3, length_pool=2)]
+  other = [b["index"] for b in _batches(source, epoch=4, length_pool=2)]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_length_pool_shortens_text_buckets_and_keeps_processes_consistent():
+  source = _source(96, seed=5)
+  buckets = (4, 8, MAX_TEXT)
+  plain = [b["text_ids"].shape[-1] for b in _batches(source, text_buckets=buckets)]
+  pooled = [b["text_ids"].shape[-1] for b in _batches(source, text_buckets=buckets, length_pool=4)]
+  assert np.mean(pooled) < np.mean(plain)
+  one = _global_rows(source, 1, text_buckets=buckets, length_pool=4)
+  two = _global_rows(source, 2, text_buckets=buckets, length_pool=4)
+  for (index_a, weight_a), (index_b, weight_b) in zip(one, two):
+    np.testing.assert_array_equal(index_a, index_b)
+    np.testing.assert_array_equal(weight_a, weight_b)
+
+
+def test_length_pool_leaves_evaluation_order_alone():
+  source = _source(30, seed=6)
+  plain = [b["index"] for b in _batches(source, shuffle=False)]
+  pooled = [b["index"] for b in _batches(source, shuffle=False, length_pool=3)]
+  for a, b in zip(plain, pooled):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_length_pool_start_batch_resumes_exactly():
+  source = _source(45, seed=7)
+  full = _batches(source, epoch=2, length_pool=2, text_buckets=(4, 8, MAX_TEXT))
+  resumed = _batches(source, epoch=2, length_pool=2, text_buckets=(4, 8, MAX_TEXT), start_batch=3)
+  for a, b in zip(full[3:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_negative_length_pool_raises():
+  with pytest.raises(ValueError, match="length_pool must be 0"):
+    _batches(_source(8), length_pool=-1)
