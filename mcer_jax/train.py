@@ -446,6 +446,23 @@ def _epoch_log_line(
   return row
 
 
+def _worst_score(mode: str) -> float:
+  largest = float(np.finfo(np.float32).max)
+  return largest if mode == "min" else -largest
+
+
+def _check_selection(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless the selection settings leave an epoch to select."""
+  if config.train.selection_mode not in ("min", "max"):
+    raise ValueError(f"config.train.selection_mode must be 'min' or 'max', found {config.train.selection_mode!r}")
+  start, epochs = config.train.selection_start_epoch, config.train.num_epochs
+  if not 1 <= start <= epochs:
+    raise ValueError(
+        f"config.train.selection_start_epoch={start} leaves no epoch to select from "
+        f"config.train.num_epochs={epochs}; set it between 1 and {epochs}"
+    )
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
   if best is None:
     return True
@@ -470,6 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(results_path, encoding="utf-8") as stream:
       return json.load(stream)
 
+  _check_selection(config)
   splits, info = data_lib.load_splits(config)
   for split in ("train", "valid", "test"):
     if split not in splits or len(splits[split]) == 0:
@@ -552,9 +570,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       progress = dict(progress, epoch=epoch + 1, batches_done=0, accumulator=None)
       value = valid_scores[metric]
       step = int(unreplicate(replicated.step))
-      if _improved(value, progress["best_value"], mode):
+      candidate = epoch >= config.train.selection_start_epoch
+      if candidate and _improved(value, progress["best_value"], mode):
         progress.update(best_value=value, best_step=step, epochs_without_improvement=0)
-      else:
+      elif candidate:
         progress["epochs_without_improvement"] += 1
       row = _epoch_log_line(epoch, train_losses, train_scores, valid_scores)
       if run_outputs.is_writer():
@@ -562,11 +581,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         tensorboard.scalars(epoch, {k: v for k, v in row.items() if k != "epoch"})
         if config.train.save_label_history:
           run_outputs.save_label_history(workdir, epoch, labels.generated_labels(unreplicate(replicated.label_state)))
-      save(progress, {metric: value})
-      logging.info(
-          "epoch %d: train loss %.4f, valid %s %.4f (best %.4f at step %d)",
-          epoch, train_losses.get("total", float("nan")), metric, value, progress["best_value"], progress["best_step"],
-      )
+      # The checkpoint manager keeps the best saved score, so an epoch before
+      # the selection start is saved with the worst finite one.
+      save(progress, {metric: value if candidate else _worst_score(mode)})
+      if candidate:
+        logging.info(
+            "epoch %d: train loss %.4f, valid %s %.4f (best %.4f at step %d)",
+            epoch, train_losses.get("total", float("nan")), metric, value, progress["best_value"], progress["best_step"],
+        )
+      else:
+        logging.info(
+            "epoch %d: train loss %.4f, valid %s %.4f (selection starts at epoch %d)",
+            epoch, train_losses.get("total", float("nan")), metric, value, config.train.selection_start_epoch,
+        )
       patience = config.train.early_stop_patience
       if patience and progress["epochs_without_improvement"] >= patience:
         logging.info("No improvement in %d epochs: stopping early.", patience)

@@ -117,3 +117,38 @@ def test_experiment_configs_have_required_keys():
     with pytest.raises(AttributeError, match="does not exist"):
       config.train.no_such_key = 1
   assert config_lib.get_base_config().data.name == "mosi"
+
+
+def _saved_progress(workdir):
+  """The progress record of the newest checkpoint in a work directory."""
+  checkpoints = pathlib.Path(workdir) / "checkpoints"
+  newest = max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  with open(newest / "progress" / "metadata", encoding="utf-8") as stream:
+    return json.load(stream)
+
+
+def test_selection_skips_epochs_before_start(tmp_path):
+  _run_main(
+      tmp_path, "--config.train.num_epochs=3", "--config.train.selection_start_epoch=3",
+      "--config.data.num_synthetic=64", "--config.train.selection_mode=max", cache_dir=tmp_path / "cache",
+  )
+  log = _metrics_log(tmp_path)
+  assert [row["epoch"] for row in log] == [1, 2, 3]
+  # Selecting the largest validation MAE from epoch 1 on would pick an earlier epoch.
+  assert max(log[0]["valid/MAE"], log[1]["valid/MAE"]) > log[2]["valid/MAE"]
+  progress = _saved_progress(tmp_path)
+  steps_per_epoch = -(-64 // 32)  # demo.py trains with batches of 32.
+  assert progress["best_step"] == 3 * steps_per_epoch
+  assert progress["best_value"] == log[2]["valid/MAE"]
+
+
+def test_selection_start_after_last_epoch_is_rejected(tmp_path):
+  command = [
+      sys.executable, "-m", "mcer_jax.main",
+      "--config", str(REPO / "experiments" / "demo.py"),
+      "--workdir", str(tmp_path),
+      "--config.train.num_epochs=2", "--config.train.selection_start_epoch=3",
+  ]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "selection_start_epoch=3 leaves no epoch to select" in result.stderr

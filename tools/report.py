@@ -62,10 +62,12 @@ def _save(figure: plt.Figure, path: str) -> str:
   return path
 
 
-def best_epoch(history: list[dict], metric: str, mode: str) -> int | None:
-  """Returns the epoch the run selected: the first with the best validation metric, as the training loop chooses."""
+def best_epoch(history: list[dict], metric: str, mode: str, start_epoch: int = 1) -> int | None:
+  """Returns the epoch the run selected: the first from `start_epoch` on with the best validation metric, as the training loop chooses."""
   best, chosen = None, None
   for row in history:
+    if int(row["epoch"]) < start_epoch:
+      continue
     value = row.get(f"valid/{metric}")
     if value is None or not math.isfinite(value):
       continue
@@ -177,7 +179,8 @@ def write_report(workdir: str, max_box_epochs: int = 25) -> str:
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   metric, mode = str(config.train.selection_metric), str(config.train.selection_mode)
-  selected = best_epoch(history, metric, mode)
+  start_epoch = int(config.train.get("selection_start_epoch", 1))
+  selected = best_epoch(history, metric, mode, start_epoch)
   pictures = []  # (file name, heading, caption)
 
   plot_losses(history, os.path.join(out, "losses.png"))
