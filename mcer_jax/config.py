@@ -147,11 +147,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.early_stop_patience = 8  # Epochs without improvement before stopping; 0 disables.
   config.train.selection_metric = "MAE"
   config.train.selection_mode = "min"  # min | max
-  # The first epoch that may be selected as the best checkpoint. Earlier epochs
-  # are validated and logged but count for neither selection nor early
-  # stopping: a model that still predicts close to the training mean can win
-  # on a small validation set without having learned anything.
-  config.train.selection_start_epoch = 1
+  # Training steps before the best checkpoint may be selected. An epoch that
+  # ends earlier is validated and logged but counts for neither selection nor
+  # early stopping: a model that still predicts close to the training mean can
+  # win on a small validation set without having learned anything.
+  config.train.selection_start_step = 0
   config.train.log_every_steps = 10
   config.train.save_label_history = True  # Generated labels of every training sample, each epoch.
 

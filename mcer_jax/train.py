@@ -437,9 +437,10 @@ def _example_batch(source: Any, config: ml_collections.ConfigDict) -> dict[str, 
 
 
 def _epoch_log_line(
-    epoch: int, train_losses: Mapping[str, float], train_scores: Mapping[str, float], valid_scores: Mapping[str, float]
+    epoch: int, step: int, train_losses: Mapping[str, float], train_scores: Mapping[str, float],
+    valid_scores: Mapping[str, float],
 ) -> dict[str, Any]:
-  row: dict[str, Any] = {"epoch": epoch}
+  row: dict[str, Any] = {"epoch": epoch, "step": step}
   row.update({f"train/loss/{name}": value for name, value in train_losses.items()})
   row.update({f"train/{name}": value for name, value in train_scores.items()})
   row.update({f"valid/{name}": value for name, value in valid_scores.items()})
@@ -451,15 +452,16 @@ def _worst_score(mode: str) -> float:
   return largest if mode == "min" else -largest
 
 
-def _check_selection(config: ml_collections.ConfigDict) -> None:
+def _check_selection(config: ml_collections.ConfigDict, steps_per_epoch: int) -> None:
   """Raises ValueError unless the selection settings leave an epoch to select."""
   if config.train.selection_mode not in ("min", "max"):
     raise ValueError(f"config.train.selection_mode must be 'min' or 'max', found {config.train.selection_mode!r}")
-  start, epochs = config.train.selection_start_epoch, config.train.num_epochs
-  if not 1 <= start <= epochs:
+  start, total = config.train.selection_start_step, config.train.num_epochs * steps_per_epoch
+  if not 0 <= start <= total:
     raise ValueError(
-        f"config.train.selection_start_epoch={start} leaves no epoch to select from "
-        f"config.train.num_epochs={epochs}; set it between 1 and {epochs}"
+        f"config.train.selection_start_step={start} leaves no epoch to select: "
+        f"{config.train.num_epochs} epochs of {steps_per_epoch} steps end at step {total}; "
+        f"set it between 0 and {total}"
     )
 
 
@@ -487,7 +489,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(results_path, encoding="utf-8") as stream:
       return json.load(stream)
 
-  _check_selection(config)
   splits, info = data_lib.load_splits(config)
   for split in ("train", "valid", "test"):
     if split not in splits or len(splits[split]) == 0:
@@ -498,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   human_train = np.asarray([float(train_source[i]["labels"]) for i in range(len(train_source))], np.float32)
   state = create_train_state(config, model, _example_batch(train_source, config), human_train)
   steps_per_epoch = pipeline.num_batches(len(train_source), config.train.batch_size)
+  _check_selection(config, steps_per_epoch)
 
   manager = checkpointing.create_manager(workdir, config.train.selection_metric, config.train.selection_mode)
   progress = {
@@ -570,15 +572,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       progress = dict(progress, epoch=epoch + 1, batches_done=0, accumulator=None)
       value = valid_scores[metric]
       step = int(unreplicate(replicated.step))
-      candidate = epoch >= config.train.selection_start_epoch
+      candidate = step >= config.train.selection_start_step
       if candidate and _improved(value, progress["best_value"], mode):
         progress.update(best_value=value, best_step=step, epochs_without_improvement=0)
       elif candidate:
         progress["epochs_without_improvement"] += 1
-      row = _epoch_log_line(epoch, train_losses, train_scores, valid_scores)
+      row = _epoch_log_line(epoch, step, train_losses, train_scores, valid_scores)
       if run_outputs.is_writer():
         run_outputs.append_metrics_log(workdir, row)
-        tensorboard.scalars(epoch, {k: v for k, v in row.items() if k != "epoch"})
+        tensorboard.scalars(epoch, {k: v for k, v in row.items() if k not in ("epoch", "step")})
         if config.train.save_label_history:
           run_outputs.save_label_history(workdir, epoch, labels.generated_labels(unreplicate(replicated.label_state)))
       # The checkpoint manager keeps the best saved score, so an epoch before
@@ -591,8 +593,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
       else:
         logging.info(
-            "epoch %d: train loss %.4f, valid %s %.4f (selection starts at epoch %d)",
-            epoch, train_losses.get("total", float("nan")), metric, value, config.train.selection_start_epoch,
+            "epoch %d: train loss %.4f, valid %s %.4f (selection starts at step %d; this is step %d)",
+            epoch, train_losses.get("total", float("nan")), metric, value, config.train.selection_start_step, step,
         )
       patience = config.train.early_stop_patience
       if patience and progress["epochs_without_improvement"] >= patience:

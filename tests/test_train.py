@@ -128,17 +128,19 @@ def _saved_progress(workdir):
 
 
 def test_selection_skips_epochs_before_start(tmp_path):
+  # demo.py trains with batches of 32, so 64 samples make 2 steps an epoch
+  # and epoch 3 is the first to end at step 5 or later.
   _run_main(
-      tmp_path, "--config.train.num_epochs=3", "--config.train.selection_start_epoch=3",
+      tmp_path, "--config.train.num_epochs=3", "--config.train.selection_start_step=5",
       "--config.data.num_synthetic=64", "--config.train.selection_mode=max", cache_dir=tmp_path / "cache",
   )
   log = _metrics_log(tmp_path)
   assert [row["epoch"] for row in log] == [1, 2, 3]
+  assert [row["step"] for row in log] == [2, 4, 6]
   # Selecting the largest validation MAE from epoch 1 on would pick an earlier epoch.
   assert max(log[0]["valid/MAE"], log[1]["valid/MAE"]) > log[2]["valid/MAE"]
   progress = _saved_progress(tmp_path)
-  steps_per_epoch = -(-64 // 32)  # demo.py trains with batches of 32.
-  assert progress["best_step"] == 3 * steps_per_epoch
+  assert progress["best_step"] == 6
   assert progress["best_value"] == log[2]["valid/MAE"]
 
 
@@ -147,8 +149,8 @@ def test_selection_start_after_last_epoch_is_rejected(tmp_path):
       sys.executable, "-m", "mcer_jax.main",
       "--config", str(REPO / "experiments" / "demo.py"),
       "--workdir", str(tmp_path),
-      "--config.train.num_epochs=2", "--config.train.selection_start_epoch=3",
+      "--config.train.num_epochs=2", "--config.data.num_synthetic=64", "--config.train.selection_start_step=5",
   ]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
-  assert "selection_start_epoch=3 leaves no epoch to select" in result.stderr
+  assert "selection_start_step=5 leaves no epoch to select: 2 epochs of 2 steps end at step 4" in result.stderr

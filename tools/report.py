@@ -62,11 +62,15 @@ def _save(figure: plt.Figure, path: str) -> str:
   return path
 
 
-def best_epoch(history: list[dict], metric: str, mode: str, start_epoch: int = 1) -> int | None:
-  """Returns the epoch the run selected: the first from `start_epoch` on with the best validation metric, as the training loop chooses."""
+def best_epoch(history: list[dict], metric: str, mode: str, start_step: int = 0) -> int | None:
+  """Returns the epoch the run selected, as the training loop chooses.
+
+  That is the first epoch with the best validation metric among those that
+  end at step `start_step` or later.
+  """
   best, chosen = None, None
   for row in history:
-    if int(row["epoch"]) < start_epoch:
+    if start_step and row.get("step", start_step) < start_step:
       continue
     value = row.get(f"valid/{metric}")
     if value is None or not math.isfinite(value):
@@ -179,8 +183,7 @@ def write_report(workdir: str, max_box_epochs: int = 25) -> str:
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   metric, mode = str(config.train.selection_metric), str(config.train.selection_mode)
-  start_epoch = int(config.train.get("selection_start_epoch", 1))
-  selected = best_epoch(history, metric, mode, start_epoch)
+  selected = best_epoch(history, metric, mode, int(config.train.get("selection_start_step", 0)))
   pictures = []  # (file name, heading, caption)
 
   plot_losses(history, os.path.join(out, "losses.png"))
