@@ -150,7 +150,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Training steps before the best checkpoint may be selected. An epoch that
   # ends earlier is validated and logged but counts for neither selection nor
   # early stopping: a model that still predicts close to the training mean can
-  # win on a small validation set without having learned anything.
+  # win on a small validation set without having learned anything. A run that
+  # ends earlier can select only its last epoch.
   config.train.selection_start_step = 0
   config.train.log_every_steps = 10
   config.train.save_label_history = True  # Generated labels of every training sample, each epoch.

@@ -452,17 +452,20 @@ def _worst_score(mode: str) -> float:
   return largest if mode == "min" else -largest
 
 
-def _check_selection(config: ml_collections.ConfigDict, steps_per_epoch: int) -> None:
-  """Raises ValueError unless the selection settings leave an epoch to select."""
+def _selection_start(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Returns the first step whose epoch may be selected, at most the run's last step."""
   if config.train.selection_mode not in ("min", "max"):
     raise ValueError(f"config.train.selection_mode must be 'min' or 'max', found {config.train.selection_mode!r}")
   start, total = config.train.selection_start_step, config.train.num_epochs * steps_per_epoch
-  if not 0 <= start <= total:
-    raise ValueError(
-        f"config.train.selection_start_step={start} leaves no epoch to select: "
-        f"{config.train.num_epochs} epochs of {steps_per_epoch} steps end at step {total}; "
-        f"set it between 0 and {total}"
+  if start < 0:
+    raise ValueError(f"config.train.selection_start_step must be 0 or more, found {start}")
+  if start > total:
+    logging.warning(
+        "config.train.selection_start_step=%d is after the last step of this run (%d epochs of %d steps end at "
+        "step %d), so only the last epoch can be selected.", start, config.train.num_epochs, steps_per_epoch, total,
     )
+    return total
+  return start
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -499,7 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   human_train = np.asarray([float(train_source[i]["labels"]) for i in range(len(train_source))], np.float32)
   state = create_train_state(config, model, _example_batch(train_source, config), human_train)
   steps_per_epoch = pipeline.num_batches(len(train_source), config.train.batch_size)
-  _check_selection(config, steps_per_epoch)
+  selection_start = _selection_start(config, steps_per_epoch)
 
   manager = checkpointing.create_manager(workdir, config.train.selection_metric, config.train.selection_mode)
   progress = {
@@ -572,7 +575,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       progress = dict(progress, epoch=epoch + 1, batches_done=0, accumulator=None)
       value = valid_scores[metric]
       step = int(unreplicate(replicated.step))
-      candidate = step >= config.train.selection_start_step
+      candidate = step >= selection_start
       if candidate and _improved(value, progress["best_value"], mode):
         progress.update(best_value=value, best_step=step, epochs_without_improvement=0)
       elif candidate:
@@ -594,7 +597,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       else:
         logging.info(
             "epoch %d: train loss %.4f, valid %s %.4f (selection starts at step %d; this is step %d)",
-            epoch, train_losses.get("total", float("nan")), metric, value, config.train.selection_start_step, step,
+            epoch, train_losses.get("total", float("nan")), metric, value, selection_start, step,
         )
       patience = config.train.early_stop_patience
       if patience and progress["epochs_without_improvement"] >= patience:

@@ -39,8 +39,8 @@ STEPS_PER_EPOCH = NUM_TRAIN // BATCH_SIZE
 TIMEOUT_S = 600
 # Gloo sums gradients across processes in another order than one process sums
 # its devices. After two epochs the largest differences measured here were
-# 2e-6 relative in the loss terms and metrics and 1.4e-5 absolute in generated
-# labels of magnitude up to 3, which is 0.6 of the tolerance below.
+# 2e-6 relative in the loss terms and metrics. Generated labels are compared by
+# the `check_generated_labels` fixture, which allows for their amplification.
 RTOL, ATOL = 1e-5, 1e-5
 
 
@@ -142,22 +142,20 @@ def _assert_rows_close(actual: dict, expected: dict, what: str) -> None:
     np.testing.assert_allclose(actual[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{what}: {key}")
 
 
-def _assert_labels_close(workdir, reference, epoch: int, what: str) -> None:
+def _assert_labels_close(workdir, reference, epoch: int, what: str, check) -> None:
   name = f"epoch_{epoch:03d}.npz"
   actual = np.load(pathlib.Path(workdir) / "labels" / name)
   expected = np.load(pathlib.Path(reference) / "labels" / name)
   assert sorted(actual.files) == sorted(expected.files), what
   for family in expected.files:
-    np.testing.assert_allclose(
-        actual[family], expected[family], rtol=RTOL, atol=ATOL, err_msg=f"{what}: {name} {family}"
-    )
+    check(actual[family], expected[family], f"{what}: {name} {family}")
 
 
 def _checkpoint_steps(workdir) -> set[int]:
   return {int(path.name) for path in (pathlib.Path(workdir) / "checkpoints").iterdir() if path.name.isdigit()}
 
 
-def test_two_processes_match_one_process(tmp_path, cache_dir):
+def test_two_processes_match_one_process(tmp_path, cache_dir, check_generated_labels):
   multi, single, resumed = tmp_path / "multi", tmp_path / "single", tmp_path / "resumed"
   deadline = time.monotonic() + TIMEOUT_S
 
@@ -189,7 +187,7 @@ def test_two_processes_match_one_process(tmp_path, cache_dir):
     _assert_rows_close(actual, expected, f"epoch {expected['epoch']}, 2x2 against 1x4")
   _assert_rows_close(_results(multi), _results(single), "test metrics, 2x2 against 1x4")
   for epoch in (1, 2):
-    _assert_labels_close(multi, single, epoch, "2x2 against 1x4")
+    _assert_labels_close(multi, single, epoch, "2x2 against 1x4", check_generated_labels)
   # Epoch 1 keeps the human labels and epoch 2 updates them, so epoch 2 compares real updates.
   first, second = np.load(single / "labels" / "epoch_001.npz"), np.load(single / "labels" / "epoch_002.npz")
   assert max(np.abs(second[family] - first[family]).max() for family in first.files) > 1e-3
@@ -200,7 +198,7 @@ def test_two_processes_match_one_process(tmp_path, cache_dir):
   assert [row["epoch"] for row in resumed_log] == [1, 2]
   _assert_rows_close(resumed_log[1], multi_log[1], "epoch 2, resumed on 1x1 against 2x2")
   _assert_rows_close(_results(resumed), _results(multi), "test metrics, resumed on 1x1 against 2x2")
-  _assert_labels_close(resumed, multi, 2, "resumed on 1x1 against 2x2")
+  _assert_labels_close(resumed, multi, 2, "resumed on 1x1 against 2x2", check_generated_labels)
 
 
 # Only the multimodal head, which compiles in seconds; stopping on SIGTERM
@@ -218,7 +216,10 @@ SMALL_MODEL = [
 def test_sigterm_to_one_process_stops_both(tmp_path, cache_dir):
   workdir = tmp_path / "run"
   deadline = time.monotonic() + TIMEOUT_S
-  runs = _start_distributed(workdir, num_processes=2, devices=2, cache_dir=cache_dir, extra=SMALL_MODEL)
+  # Plain shuffled batches, so the expected row order below is the epoch's permutation.
+  runs = _start_distributed(
+      workdir, num_processes=2, devices=2, cache_dir=cache_dir, extra=[*SMALL_MODEL, "--config.data.length_pool=0"]
+  )
   process, log_path = runs[1]
   while "Process 1 of 2" not in log_path.read_text(errors="replace"):
     if time.monotonic() > deadline or any(run.poll() is not None for run, _ in runs):

@@ -66,8 +66,10 @@ def best_epoch(history: list[dict], metric: str, mode: str, start_step: int = 0)
   """Returns the epoch the run selected, as the training loop chooses.
 
   That is the first epoch with the best validation metric among those that
-  end at step `start_step` or later.
+  end at step `start_step` or later, or the last epoch if none does.
   """
+  last_step = max((row.get("step", 0) for row in history), default=0)
+  start_step = min(start_step, last_step)
   best, chosen = None, None
   for row in history:
     if start_step and row.get("step", start_step) < start_step:
