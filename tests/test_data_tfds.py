@@ -174,3 +174,17 @@ def test_prepare_data_tool(mosi_real, tmp_path):
   prepared = [name for name in os.listdir(tmp_path / "mosi") if name.startswith("mmsa_unaligned_50_")]
   assert len(prepared) == 1
   assert os.path.exists(tmp_path / "mosi" / prepared[0] / "1.0.0" / "mosi-train.array_record-00000-of-00001")
+
+
+def test_config_name_tracks_file_contents(mosi_real, minilm, tmp_path):
+  options = data.ReadOptions(vocab_file=str(minilm / "vocab.txt"))
+  original = tfds_builders.release_config(str(mosi_real / "mmsa"), options=options).name
+  copy = tmp_path / "mmsa"
+  copy.mkdir()
+  content = bytearray((mosi_real / "mmsa" / "unaligned_50.pkl").read_bytes())
+  (copy / "unaligned_50.pkl").write_bytes(bytes(content))
+  assert tfds_builders.release_config(str(copy), options=options).name == original
+  # Same name and size, one byte changed near the end (inside the pickled arrays).
+  content[-100] ^= 0xFF
+  (copy / "unaligned_50.pkl").write_bytes(bytes(content))
+  assert tfds_builders.release_config(str(copy), options=options).name != original

@@ -55,7 +55,8 @@ class ReleaseConfig(tfds.core.BuilderConfig):
 def _file_digest(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as stream:
-    digest.update(stream.read())
+    for chunk in iter(lambda: stream.read(1 << 24), b""):
+      digest.update(chunk)
   return digest.hexdigest()
 
 
@@ -65,7 +66,9 @@ def release_config(manual_dir: str, *, options: ReadOptions, layout: str = "auto
   settings: dict[str, Any] = {
       "reader_revision": READER_REVISION,
       "layout": resolved.name,
-      "files": [(os.path.basename(path), os.path.getsize(path)) for path in resolved.files],
+      # Contents, not sizes: a folder of other samples in files of the same
+      # names and sizes must not reuse the data prepared from the first one.
+      "files": [(os.path.basename(path), _file_digest(path)) for path in resolved.files],
       "max_lengths": [options.max_text_len, options.max_audio_len, options.max_vision_len],
       "label_range": options.label_range,
       "strict_features": options.strict_features,
