@@ -217,7 +217,7 @@ def _parse(argv):
   parser.add_argument("--warmup", type=int, default=6, help="Untimed steps after the first.")
   parser.add_argument("--data_dir", default=os.path.expanduser("~/.cache/mcer_jax/benchmark_tfds"),
                       help="Where the prepared copy of --data goes.")
-  parser.add_argument("--quick", action="store_true", help="A short run (about a minute or two) to check the tool works.")
+  parser.add_argument("--quick", action="store_true", help="A short run (two to four minutes on two CPU cores: 3 timed steps) to check the tool works.")
   parser.add_argument("--skip_mmsa", action="store_true", help="Do not build or run the PyTorch peer.")
   parser.add_argument("--mmsa_venv", default="", help="Virtual environment for MMSA (default ~/.cache/mcer_jax/mmsa-venv).")
   parser.add_argument("--utilisation", action="store_true", help=argparse.SUPPRESS)
