@@ -35,7 +35,7 @@ def get_config():
   config.loss.kl_reduction = "mean"
   # Not given by the paper either. In leave-one-video-out runs on the 150
   # real samples (4 or 5 steps an epoch), the pooled held-out Corr was at most
-  # 0.41 for the first 8 epochs and 0.38 to 0.58 from epoch 9 on, while the
+  # 0.41 for the first 8 epochs and 0.38 to 0.58 from epoch 9 on. The
   # 11-sample validation video of the released split preferred the first
   # epochs. Its 114 training samples make step 40 the end of epoch 10. All of
   # MOSI takes 41 steps an epoch, so there this changes nothing.

@@ -227,7 +227,7 @@ def test_padding_rows_fit_the_text_bucket():
 
 
 @pytest.mark.parametrize("num_samples, batch_size, pool", [(37, 8, 2), (64, 8, 3), (50, 10, 100)])
-def test_length_pool_sorts_each_pool_and_visits_every_sample_once(num_samples, batch_size, pool):
+def test_length_pool_sorts_pools_and_covers_samples(num_samples, batch_size, pool):
   source = _source(num_samples, seed=2)
   order = pipeline.epoch_order(num_samples, seed=3, epoch=1, shuffle=True)
   rows = _global_rows(source, 1, batch_size=batch_size, length_pool=pool)
@@ -257,7 +257,7 @@ def test_length_pool_is_deterministic_and_changes_with_epoch():
   assert any(not np.array_equal(a, b) for a, b in zip(first, other))
 
 
-def test_length_pool_shortens_text_buckets_and_keeps_processes_consistent():
+def test_length_pool_shortens_buckets_across_processes():
   source = _source(96, seed=5)
   buckets = (4, 8, MAX_TEXT)
   plain = [b["text_ids"].shape[-1] for b in _batches(source, text_buckets=buckets)]

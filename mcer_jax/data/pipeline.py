@@ -17,7 +17,7 @@ process_count), ...] for a pmapped step.
   vision keep their full maximum length.
 * With `length_pool` = k > 0, each run of k batches of the shuffled order is
   sorted by text length before it is cut into batches, and the batches of the
-  epoch are then shuffled. A batch then holds texts of similar length and
+  epoch are then shuffled. A batch then contains texts of similar length and
   falls into a shorter bucket: the text encoder computes fewer padding tokens.
 """
 
