@@ -68,6 +68,29 @@ def check_overrides(overrides: Sequence[str]) -> None:
       )
 
 
+def add_run_arguments(parser: Any, workdir_help: str) -> None:
+  """Adds the arguments every multi-run tool takes: --config, --workdir and --jax-cache-dir."""
+  parser.add_argument("--config", required=True, help="Experiment config file, e.g. experiments/mosi.py.")
+  parser.add_argument("--workdir", required=True, help=workdir_help)
+  parser.add_argument(
+      "--jax-cache-dir", default=None,
+      help="JAX compilation cache shared by the runs (default: $JAX_COMPILATION_CACHE_DIR, "
+           "else WORKDIR/jax_cache); '' turns it off.")
+
+
+def parse_with_overrides(parser: Any, argv: Sequence[str] | None) -> tuple[Any, list[str]]:
+  """Parses a tool's own arguments and returns them with the `--config.key=value` overrides it passes on.
+
+  An argument that is not an override exits through `parser.error`.
+  """
+  args, overrides = parser.parse_known_args(argv)
+  try:
+    check_overrides(overrides)
+  except ResearchError as error:
+    parser.error(str(error))
+  return args, overrides
+
+
 def resolve_config(config_path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
   """Returns the config `mcer_jax.main` builds from an experiment file and overrides.
 

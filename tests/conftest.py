@@ -35,7 +35,7 @@ def mosi_real() -> pathlib.Path:
   return MOSI_REAL
 
 
-def _check_generated_labels(actual, expected, what: str) -> None:
+def _check_generated_labels(actual, expected, description: str) -> None:
   """Asserts two runs' generated labels agree: all within 1e-3, and 99% within 1e-5 (absolute plus relative).
 
   A generated label divides two relative distances (alpha = delta_x /
@@ -47,11 +47,11 @@ def _check_generated_labels(actual, expected, what: str) -> None:
   import numpy as np
 
   actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, what
+  assert actual.shape == expected.shape, description
   difference = np.abs(actual - expected)
-  assert difference.max() <= 1e-3, f"{what}: largest difference {difference.max():.3g} exceeds 1e-3"
+  assert difference.max() <= 1e-3, f"{description}: largest difference {difference.max():.3g} exceeds 1e-3"
   outside = difference > 1e-5 + 1e-5 * np.abs(expected)
-  assert outside.mean() <= 0.01, f"{what}: {outside.sum()} of {outside.size} labels differ by more than 1e-5"
+  assert outside.mean() <= 0.01, f"{description}: {outside.sum()} of {outside.size} labels differ by more than 1e-5"
 
 
 @pytest.fixture

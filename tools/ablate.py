@@ -84,19 +84,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], allow_abbrev=False,
       epilog=f"Entries: {', '.join(e.name for e in GRID)}. Any --config.key=value argument is passed to every run.")
-  parser.add_argument("--config", required=True, help="Experiment config file, e.g. experiments/mosi.py.")
-  parser.add_argument("--workdir", required=True, help="Folder for the runs and the tables.")
+  research.add_run_arguments(parser, "Folder for the runs and the tables.")
   parser.add_argument("--seeds", default="", help="Comma-separated seeds to average (default: the config's seed).")
   parser.add_argument("--only", default="", help="Comma-separated grid entries to run (default: all).")
-  parser.add_argument(
-      "--jax-cache-dir", default=None,
-      help="JAX compilation cache shared by the runs (default: $JAX_COMPILATION_CACHE_DIR, "
-           "else WORKDIR/jax_cache); '' turns it off.")
-  args, overrides = parser.parse_known_args(argv)
-  try:
-    research.check_overrides(overrides)
-  except research.ResearchError as error:
-    parser.error(str(error))
+  args, overrides = research.parse_with_overrides(parser, argv)
   for argument in overrides:
     key = research.override_key(argument)
     if key in GRID_KEYS:

@@ -28,20 +28,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], allow_abbrev=False,
       epilog="Any --config.key=value argument is passed to every run.")
-  parser.add_argument("--config", required=True, help="Experiment config file, e.g. experiments/mosi.py.")
-  parser.add_argument("--workdir", required=True, help="Folder for the seed runs and the summary.")
+  research.add_run_arguments(parser, "Folder for the seed runs and the summary.")
   parser.add_argument(
       "--seeds", default=",".join(str(s) for s in research.DEFAULT_SEEDS),
       help="Comma-separated seeds (default: MMSA's 1111-1115).")
-  parser.add_argument(
-      "--jax-cache-dir", default=None,
-      help="JAX compilation cache shared by the runs (default: $JAX_COMPILATION_CACHE_DIR, "
-           "else WORKDIR/jax_cache); '' turns it off.")
-  args, overrides = parser.parse_known_args(argv)
-  try:
-    research.check_overrides(overrides)
-  except research.ResearchError as error:
-    parser.error(str(error))
+  args, overrides = research.parse_with_overrides(parser, argv)
   if any(research.override_key(argument) == "seed" for argument in overrides):
     parser.error("--config.seed is set by this tool for each seed; use --seeds instead")
   return args, overrides
