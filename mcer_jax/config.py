@@ -62,7 +62,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Model: sizes, dropout and the switches for every task and regulariser.
   config.model = ml_collections.ConfigDict()
-  config.model.dtype = "float32"  # float32 | bfloat16 (activations; parameters and losses stay float32)
+  # float32 | bfloat16 (activations; parameters and losses stay float32) |
+  # float64 (everything, for numerical checks; slow, and turns on JAX's 64-bit mode).
+  config.model.dtype = "float32"
   # Dropout inside BERT (hidden states and attention weights), or on the
   # projected sequence when the text arrives as precomputed features.
   config.model.text_dropout = 0.1

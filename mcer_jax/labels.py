@@ -61,7 +61,9 @@ class LabelState:
   centres: dict[str, Centres]
 
 
-def init_label_state(human_labels, feature_dims: Mapping[str, int]) -> LabelState:
+def init_label_state(
+    human_labels, feature_dims: Mapping[str, int], dtype: str = "float32"
+) -> LabelState:
   """Creates the state: zero features and centres, generated labels set to y_m.
 
   Args:
@@ -69,11 +71,16 @@ def init_label_state(human_labels, feature_dims: Mapping[str, int]) -> LabelStat
     feature_dims: family -> feature size d_f, for the families of the enabled
       heads; "m" (the fusion F'_m) is required because every generated label
       is measured against it.
+    dtype: "float32", or "float64" for runs with config.model.dtype="float64".
 
   Returns:
-    The initial LabelState, float32.
+    The initial LabelState, of `dtype`.
   """
-  human = np.asarray(human_labels, np.float32)
+  if dtype not in ("float32", "float64"):
+    raise ValueError(f"label state dtype must be 'float32' or 'float64', found {dtype!r}.")
+  if dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("a float64 label state needs JAX's 64-bit mode (jax_enable_x64), which is off.")
+  human = np.asarray(human_labels, np.float64)
   if human.ndim != 1 or human.size == 0:
     raise ValueError(
         f"human_labels must be a non-empty vector [N] of the training split's labels, found shape "
@@ -95,15 +102,15 @@ def init_label_state(human_labels, feature_dims: Mapping[str, int]) -> LabelStat
 
   n = human.shape[0]
   families = [f for f in FAMILIES if f in feature_dims]
-  human = jnp.asarray(human)
+  human = jnp.asarray(human, dtype)
   return LabelState(
       human=human,
-      features={f: jnp.zeros((n, int(feature_dims[f])), jnp.float32) for f in families},
+      features={f: jnp.zeros((n, int(feature_dims[f])), dtype) for f in families},
       labels={f: human for f in families if f != FUSION},
       centres={
           f: Centres(
-              positive=jnp.zeros((int(feature_dims[f]),), jnp.float32),
-              negative=jnp.zeros((int(feature_dims[f]),), jnp.float32),
+              positive=jnp.zeros((int(feature_dims[f]),), dtype),
+              negative=jnp.zeros((int(feature_dims[f]),), dtype),
           )
           for f in families
       },
@@ -229,11 +236,10 @@ def update(
   """
   _check_features(state, features)
   eps = config.eps
-  features = {
-      f: jax.lax.stop_gradient(features[f]).astype(jnp.float32) for f in state.features
-  }
+  dtype = state.human.dtype
+  features = {f: jax.lax.stop_gradient(features[f]).astype(dtype) for f in state.features}
   index = jnp.asarray(index, jnp.int32)
-  weight = jnp.asarray(weight, jnp.float32)
+  weight = jnp.asarray(weight, dtype)
   if axis_name is not None:
     features = {
         f: jax.lax.all_gather(x, axis_name, tiled=True) for f, x in features.items()
@@ -246,7 +252,7 @@ def update(
   # their own index (0) is a real sample's row.
   scatter_index = jnp.where(weight > 0, index, n)
   y_m = state.human[index]
-  epoch = jnp.asarray(epoch, jnp.float32)
+  epoch = jnp.asarray(epoch, dtype)
 
   labels = {}
   for family, memory in state.labels.items():

@@ -30,6 +30,7 @@ holds `mean`, `logvar` and `target`, each [B, d].
 
 from collections.abc import Mapping
 import math
+from typing import Any
 
 import flax.struct
 import jax
@@ -377,7 +378,9 @@ class EntropyMemory:
   next_block: jax.Array  # int32 scalar, the block overwritten next
 
 
-def init_entropy_memory(batch_size: int, dim: int, num_batches: int = 1) -> EntropyMemory:
+def init_entropy_memory(
+    batch_size: int, dim: int, num_batches: int = 1, dtype: Any = jnp.float32
+) -> EntropyMemory:
   """Returns an empty memory of `num_batches` batches of `batch_size` rows of size `dim`.
 
   `batch_size` is the batch that `update_entropy_memory` stores: the global
@@ -391,9 +394,9 @@ def init_entropy_memory(batch_size: int, dim: int, num_batches: int = 1) -> Entr
     )
   slots = num_batches * batch_size
   return EntropyMemory(
-      features=jnp.zeros((slots, dim), jnp.float32),
-      labels=jnp.zeros((slots,), jnp.float32),
-      weight=jnp.zeros((slots,), jnp.float32),
+      features=jnp.zeros((slots, dim), dtype),
+      labels=jnp.zeros((slots,), dtype),
+      weight=jnp.zeros((slots,), dtype),
       next_block=jnp.zeros((), jnp.int32),
   )
 
@@ -418,9 +421,10 @@ def update_entropy_memory(
   Returns:
     The updated memory; the stored features carry no gradient.
   """
-  features = jax.lax.stop_gradient(features).astype(jnp.float32)
-  labels = jnp.asarray(labels, jnp.float32)
-  weight = jnp.asarray(weight, jnp.float32)
+  dtype = memory.features.dtype
+  features = jax.lax.stop_gradient(features).astype(dtype)
+  labels = jnp.asarray(labels, dtype)
+  weight = jnp.asarray(weight, dtype)
   if axis_name is not None:
     features, labels, weight = (
         jax.lax.all_gather(x, axis_name, tiled=True) for x in (features, labels, weight)
@@ -487,9 +491,10 @@ def gaussian_mixture_entropy(
   Returns:
     The scalar estimate of H(y), or this device's share of it under pmap.
   """
-  features = features.astype(jnp.float32)
-  labels = jnp.asarray(labels, jnp.float32)
-  weight = jnp.where(weight > 0, weight, 0.0).astype(jnp.float32)
+  dtype = jnp.promote_types(features.dtype, jnp.float32)
+  features = features.astype(dtype)
+  labels = jnp.asarray(labels, dtype)
+  weight = jnp.where(weight > 0, weight, 0.0).astype(dtype)
   num_devices = 1
   if axis_name is not None:
     features, labels, weight = (

@@ -32,6 +32,10 @@ def main(argv: list[str]) -> None:
   # Orbax reports every file it writes at INFO through absl's logger.
   std_logging.getLogger("absl").setLevel(std_logging.WARNING)
   config = _CONFIG.value
+  if config.model.dtype == "float64":
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
 
   from mcer_jax import distributed
 

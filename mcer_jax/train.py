@@ -94,7 +94,8 @@ def create_train_state(
       params,
   )
   feature_dims = {name: spec.shape[-1] for name, spec in outputs["features"].items()}
-  label_state = labels.init_label_state(jnp.asarray(human_train_labels, jnp.float32), feature_dims)
+  label_dtype = "float64" if config.model.dtype == "float64" else "float32"
+  label_state = labels.init_label_state(human_train_labels, feature_dims, label_dtype)
   tx = optim.create_optimizer(config.optim, params, config.text_encoder.finetune)
   return TrainState(
       step=jnp.zeros((), jnp.int32),

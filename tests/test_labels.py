@@ -75,20 +75,22 @@ class NumpyLabels:
       self.neg[family] = np.mean(negative, axis=0) if negative else np.zeros(dim)
 
 
-def _assert_state_matches(state, reference):
+def _assert_state_matches(state, reference, scale=1.0):
+  """Compares with float32 tolerances, times `scale` (smaller for a float64 state)."""
   for family in reference.features:
-    np.testing.assert_allclose(state.features[family], reference.features[family], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(state.centres[family].positive, reference.pos[family], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(state.centres[family].negative, reference.neg[family], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.features[family], reference.features[family], rtol=1e-5 * scale, atol=1e-6 * scale)
+    np.testing.assert_allclose(state.centres[family].positive, reference.pos[family], rtol=1e-5 * scale, atol=1e-6 * scale)
+    np.testing.assert_allclose(state.centres[family].negative, reference.neg[family], rtol=1e-5 * scale, atol=1e-6 * scale)
   for family in reference.labels:
-    np.testing.assert_allclose(state.labels[family], reference.labels[family], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(state.labels[family], reference.labels[family], rtol=1e-4 * scale, atol=1e-5 * scale)
 
 
-def _run_epochs(human, dims, num_epochs, batch_size, label_range, smoothing, seed):
+def _run_epochs(human, dims, num_epochs, batch_size, label_range, smoothing, seed, dtype="float32"):
   """Runs jitted updates and the reference side by side over shuffled, padded batches."""
   rng = np.random.default_rng(seed)
   n = len(human)
-  state = labels.init_label_state(human, dims)
+  scale = 1e-6 if dtype == "float64" else 1.0
+  state = labels.init_label_state(human, dims, dtype)
   reference = NumpyLabels(human, dims)
   update = jax.jit(
       functools.partial(
@@ -109,10 +111,10 @@ def _run_epochs(human, dims, num_epochs, batch_size, label_range, smoothing, see
       }
       before = labels.batch_labels(state, jnp.asarray(index))
       for family, values in before.items():
-        np.testing.assert_allclose(values, reference.labels[family][index], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(values, reference.labels[family][index], rtol=1e-4 * scale, atol=1e-5 * scale)
       state = update(state, features, index, weight, jnp.asarray(epoch))
       reference.step(features, index, weight, epoch, label_range, smoothing)
-      _assert_state_matches(state, reference)
+      _assert_state_matches(state, reference, scale)
   return state, reference
 
 
@@ -127,6 +129,17 @@ def test_update_matches_reference_over_epochs():
   assert np.max(np.abs(np.asarray(state.labels["t"]) - HUMAN)) > 0.1
   assert set(state.labels) == {"t", "v", "mv"}
   np.testing.assert_array_equal(state.human, HUMAN)
+
+
+def test_float64_update_matches_reference_closely():
+  dims = {"m": 4, "t": 3, "mv": 5}
+  with jax.enable_x64(False), pytest.raises(ValueError, match="64-bit"):
+    labels.init_label_state(HUMAN, dims, "float64")
+  with jax.enable_x64(True):
+    state, _ = _run_epochs(HUMAN, dims, num_epochs=3, batch_size=4, label_range=3.0,
+                           smoothing=True, seed=2, dtype="float64")
+  assert state.labels["t"].dtype == jnp.float64
+  assert state.centres["m"].positive.dtype == jnp.float64
 
 
 def test_update_without_smoothing_matches_reference():

@@ -179,6 +179,27 @@ def test_bfloat16_keeps_float32_params_and_outputs():
     assert leaf.dtype == jnp.float32
 
 
+def test_float64_needs_x64_mode_and_keeps_float64_throughout():
+  config = demo_config(**{"model.dtype": "float64"})
+  dims = {"audio": AUDIO_DIM, "vision": VISION_DIM, "text": None}
+  with jax.enable_x64(False):
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+      mcer.build_model(config, dims)
+  with jax.enable_x64(True):
+    batch = make_batch(4)
+    model = mcer.build_model(config, dims)
+    params = mcer.init_params(model, jax.random.PRNGKey(0), batch, config)
+    out = jax.eval_shape(lambda p: model.apply(
+        {"params": p}, batch, train=True,
+        rngs={"dropout": jax.random.PRNGKey(1), "sample": jax.random.PRNGKey(2)}), params)
+  for leaf in jax.tree.leaves(params):
+    assert leaf.dtype == jnp.float64
+  # Every float output (the discriminator targets are exact 0 and 1).
+  for path, leaf in jax.tree_util.tree_leaves_with_path(out):
+    if "discriminator_targets" not in jax.tree_util.keystr(path):
+      assert leaf.dtype == jnp.float64, jax.tree_util.keystr(path)
+
+
 def test_precomputed_text_features():
   batch = make_batch(5)
   del batch["text_ids"], batch["text_segment"]

@@ -64,8 +64,20 @@ def test_demo_learns_beyond_mean_predictor(tmp_path):
     assert name in results
 
 
-def test_one_and_eight_devices_agree(tmp_path, check_generated_labels):
-  overrides = ["--config.train.num_epochs=2", "--config.data.num_synthetic=128", *NO_DROPOUT]
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_and_eight_devices_agree(tmp_path, check_generated_labels, dtype):
+  """One device and eight give the same losses, metrics and label memories after each epoch.
+
+  In float64 everything agrees within 1e-5 (measured: labels within 8e-8,
+  losses within 1e-9). In float32 the losses and metrics do too, but a
+  generated label divides by delta_f and so magnifies the rounding of another
+  gradient summation order (measured: up to 2.3e-5), so float32 labels are
+  held to the shared `check_generated_labels` rule.
+  """
+  overrides = [
+      "--config.train.num_epochs=2", "--config.data.num_synthetic=128",
+      f"--config.model.dtype={dtype}", *NO_DROPOUT,
+  ]
   one, eight = tmp_path / "one", tmp_path / "eight"
   _run_main(one, *overrides, devices=1, cache_dir=tmp_path / "cache1")
   _run_main(eight, *overrides, devices=8, cache_dir=tmp_path / "cache8")
@@ -80,7 +92,13 @@ def test_one_and_eight_devices_agree(tmp_path, check_generated_labels):
     labels_eight = np.load(eight / "labels" / f"epoch_{epoch:03d}.npz")
     assert sorted(labels_one.files) == sorted(labels_eight.files)
     for family in labels_one.files:
-      check_generated_labels(labels_eight[family], labels_one[family], f"epoch {epoch} {family}")
+      assert labels_one[family].dtype == np.dtype(dtype)
+      if dtype == "float64":
+        np.testing.assert_allclose(
+            labels_eight[family], labels_one[family], atol=1e-5, rtol=0,
+            err_msg=f"epoch {epoch} {family}")
+      else:
+        check_generated_labels(labels_eight[family], labels_one[family], f"epoch {epoch} {family}")
   # Epoch 1 keeps the human labels and epoch 2 updates them, so the test compares real updates.
   first = np.load(one / "labels" / "epoch_001.npz")
   assert max(np.abs(labels_one[f] - first[f]).max() for f in first.files) > 1e-3

@@ -22,21 +22,28 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def output_dtype(dtype: Any) -> Any:
+  """The dtype of values the losses read: float32, or float64 when activations are float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def gaussian_kl(mu: Array, sigma: Array) -> Array:
   """KL(N(mu, diag sigma^2) || N(0, I)) per sample, summed over the last axis."""
-  mu = mu.astype(jnp.float32)
-  sigma = sigma.astype(jnp.float32)
+  dtype = output_dtype(jnp.result_type(mu, sigma))
+  mu = mu.astype(dtype)
+  sigma = sigma.astype(dtype)
   return 0.5 * jnp.sum(mu**2 + sigma**2 - 1.0 - 2.0 * jnp.log(sigma), axis=-1)
 
 
-def per_sample_normal(rng: Array, sample_ids: Array, size: int) -> Array:
+def per_sample_normal(rng: Array, sample_ids: Array, size: int,
+                      dtype: Any = jnp.float32) -> Array:
   """Draws eps [B, size] ~ N(0, I), row i from `fold_in(rng, sample_ids[i])`.
 
   Noise keyed by the sample's index does not depend on the batch it shares
   or on the device it runs on.
   """
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(sample_ids.astype(jnp.uint32))
-  return jax.vmap(lambda k: jax.random.normal(k, (size,), jnp.float32))(keys)
+  return jax.vmap(lambda k: jax.random.normal(k, (size,), dtype))(keys)
 
 
 class VariationalEncoder(nn.Module):
@@ -65,13 +72,14 @@ class VariationalEncoder(nn.Module):
     Returns:
       (z [B, latent_dim] float32, KL [B] float32).
     """
-    mu = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h).astype(jnp.float32)
+    out_dtype = output_dtype(self.dtype)
+    mu = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h).astype(out_dtype)
     sigma_logit = nn.Dense(self.latent_dim, dtype=self.dtype, name="sigma")(h)
-    sigma = jax.nn.softplus(sigma_logit.astype(jnp.float32)) + self.min_sigma
+    sigma = jax.nn.softplus(sigma_logit.astype(out_dtype)) + self.min_sigma
     kl = gaussian_kl(mu, sigma)
     if not train:
       return mu, kl
-    eps = per_sample_normal(self.make_rng("sample"), sample_ids, self.latent_dim)
+    eps = per_sample_normal(self.make_rng("sample"), sample_ids, self.latent_dim, out_dtype)
     return mu + sigma * eps, kl
 
 
@@ -106,4 +114,4 @@ class RegressionHead(nn.Module):
       h, kl = VariationalEncoder(self.latent_dim, self.min_sigma, self.dtype,
                                  name="encoder")(h, sample_ids, train=train)
     y = nn.Dense(1, dtype=self.dtype, name="layer_3")(h)
-    return y[:, 0].astype(jnp.float32), kl
+    return y[:, 0].astype(output_dtype(self.dtype)), kl

@@ -52,7 +52,7 @@ PAIRS = ("ta", "tv", "av")  # Order of the P axis of the discriminator outputs.
 CROSS_TASKS = {"mt": ("ta", "tv"), "ma": ("ta", "av"), "mv": ("tv", "av")}
 MI_PAIRS = ("ta", "tv")  # x = X_t; y = X_a, X_v.
 TEXT_POOLINGS = ("cls", "mean")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def parse_cross_tasks(spec: str) -> tuple[str, ...]:
@@ -79,6 +79,11 @@ def check_model_config(model_config: Any) -> None:
   if model_config.dtype not in _DTYPES:
     raise ValueError(
         f"config.model.dtype={model_config.dtype!r}; expected one of {sorted(_DTYPES)}.")
+  if model_config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError(
+        "config.model.dtype='float64' needs JAX's 64-bit mode, which is off: set the "
+        "environment variable JAX_ENABLE_X64=1 or call "
+        "jax.config.update('jax_enable_x64', True) first (python -m mcer_jax.main does this).")
   cross_tasks = parse_cross_tasks(model_config.cross_tasks)
   if model_config.discriminator and not cross_tasks:
     raise ValueError(
@@ -161,7 +166,7 @@ class CrossHead(nn.Module):
     h_p = nn.Dropout(self.dropout_rate)(h_p, deterministic=not train)
     h_c = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="hidden")(h_p))
     prediction = nn.Dense(1, dtype=self.dtype, name="output")(h_c)[:, 0]
-    return h_c, prediction.astype(jnp.float32)
+    return h_c, prediction.astype(bottleneck.output_dtype(self.dtype))
 
 
 class MutualInformationHead(nn.Module):
@@ -187,12 +192,13 @@ class MutualInformationHead(nn.Module):
       h = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"{name}_hidden")(x))
       return nn.Dense(y.shape[-1], dtype=self.dtype, name=f"{name}_output")(h)
 
-    out = {"mean": mlp("mean").astype(jnp.float32),
-           "logvar": mlp("logvar").astype(jnp.float32),
-           "target": y.astype(jnp.float32)}
+    out_dtype = bottleneck.output_dtype(self.dtype)
+    out = {"mean": mlp("mean").astype(out_dtype),
+           "logvar": mlp("logvar").astype(out_dtype),
+           "target": y.astype(out_dtype)}
     if self.entropy_dim:
       projected = nn.Dense(self.entropy_dim, dtype=self.dtype, name="entropy_projection")(y)
-      out["entropy_features"] = jnp.tanh(projected).astype(jnp.float32)
+      out["entropy_features"] = jnp.tanh(projected).astype(out_dtype)
     return out
 
 
@@ -393,7 +399,7 @@ class MCER(nn.Module):
       if cfg.discriminator:
         logits, targets = gated_transformer.DiscriminatorStack(
             cross.dim, cross.num_layers, dtype, name="discriminators")(summaries)
-        outputs["discriminator_logits"] = logits.astype(jnp.float32)
+        outputs["discriminator_logits"] = logits.astype(bottleneck.output_dtype(dtype))
         outputs["discriminator_targets"] = targets
       for task in cross_tasks:
         h_p = jnp.concatenate([pair_heads[p] for p in CROSS_TASKS[task]], axis=-1)
@@ -410,7 +416,8 @@ class MCER(nn.Module):
             cfg.mi_hidden, entropy_dim, dtype, name=f"mi_{pair}")(x_t, target)
 
     outputs["predictions"] = predictions
-    outputs["features"] = jax.tree.map(lambda f: f.astype(jnp.float32), features)
+    out_dtype = bottleneck.output_dtype(dtype)
+    outputs["features"] = jax.tree.map(lambda f: f.astype(out_dtype), features)
     if kl:
       outputs["kl"] = kl
     return outputs
@@ -472,7 +479,8 @@ def init_params(model: MCER, rng: Array, example_batch: Mapping[str, Any],
       example when restoring a trained model).
 
   Returns:
-    The `params` collection, float32.
+    The `params` collection: float32, or float64 when config.model.dtype is
+    "float64".
   """
   batch = {key: jnp.asarray(value) for key, value in example_batch.items()
            if hasattr(value, "shape")}
@@ -489,7 +497,7 @@ def init_params(model: MCER, rng: Array, example_batch: Mapping[str, Any],
 
   params = jax.jit(random_init)(rng, batch)
   if not use_checkpoint:
-    return params
+    return _cast_params(params, config.model.dtype)
   loaded_config, loaded = bert.load_pretrained(checkpoint)
   if loaded_config != model.text_config:
     raise ValueError(
@@ -505,4 +513,11 @@ def init_params(model: MCER, rng: Array, example_batch: Mapping[str, Any],
         "model's text_encoder; the weight mapping in mcer_jax/models/bert.py "
         "and BertEncoder disagree.")
   params["text_encoder"] = jax.tree.map(jnp.asarray, loaded)
-  return params
+  return _cast_params(params, config.model.dtype)
+
+
+def _cast_params(params: dict[str, Any], dtype: str) -> dict[str, Any]:
+  """Parameters are float32 (bfloat16 runs keep them so) except in float64 runs."""
+  if dtype != "float64":
+    return params
+  return jax.tree.map(lambda p: p.astype(jnp.float64), params)

@@ -48,7 +48,7 @@ class LSTMEncoder(nn.Module):
     hidden_size: LSTM hidden size.
     out_size: size of the representation X_s.
     dropout_rate: dropout on the last hidden state before the linear map.
-    dtype: activation dtype (parameters stay float32).
+    dtype: activation dtype (parameters stay float32 except in float64 runs).
   """
 
   hidden_size: int
@@ -71,7 +71,10 @@ class LSTMEncoder(nn.Module):
       states are zero after each sequence's length.
     """
     lengths = clip_lengths(lengths, x.shape[1])
-    cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype, name="lstm")
+    # The cell's zero carry takes param_dtype: float32, or float64 in float64 runs.
+    cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype,
+                                param_dtype=jnp.promote_types(self.dtype, jnp.float32),
+                                name="lstm")
     (_, last_hidden), states = nn.RNN(cell)(
         x.astype(self.dtype), seq_lengths=lengths, return_carry=True)
     states = states * length_mask(lengths, x.shape[1])[..., None].astype(states.dtype)
