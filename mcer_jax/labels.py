@@ -79,7 +79,9 @@ def init_label_state(
   if dtype not in ("float32", "float64"):
     raise ValueError(f"label state dtype must be 'float32' or 'float64', found {dtype!r}.")
   if dtype == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("a float64 label state needs JAX's 64-bit mode (jax_enable_x64), which is off.")
+    raise ValueError(
+        "a float64 label state needs JAX's 64-bit mode, which is off; call "
+        "jax.config.update('jax_enable_x64', True) first.")
   human = np.asarray(human_labels, np.float64)
   if human.ndim != 1 or human.size == 0:
     raise ValueError(

@@ -23,7 +23,7 @@ Array = jax.Array
 
 
 def output_dtype(dtype: Any) -> Any:
-  """The dtype of values the losses read: float32, or float64 when activations are float64."""
+  """Returns the dtype of the values the losses read: float32, or float64 when activations are float64."""
   return jnp.promote_types(dtype, jnp.float32)
 
 
