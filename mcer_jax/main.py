@@ -31,6 +31,8 @@ def main(argv: list[str]) -> None:
   std_logging.basicConfig(level=std_logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
   # Orbax reports every file it writes at INFO through absl's logger.
   std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+  # JAX logs at INFO each platform it probes but does not find, such as 'tpu' on a GPU or CPU machine.
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
   config = _CONFIG.value
   if config.model.dtype == "float64":
     import jax
@@ -56,5 +58,22 @@ def main(argv: list[str]) -> None:
     sys.exit(143)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses the flags like absl, but reports a misspelt config key in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    # ml_collections raises these for a key the config does not have, with a
+    # message naming the key and the closest existing one.
+    message = error.args[0] if error.args else error
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]
+    key, *hint = str(message).splitlines()
+    sys.exit(f"Invalid config override: unknown key {key}. {' '.join(hint)} Every key is "
+             "defined in mcer_jax/config.py.")
+  except flags.Error as error:
+    sys.exit(f"Invalid flags: {error}\nPass --helpshort to see the flags.")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -113,7 +113,11 @@ def test_unknown_config_key_is_rejected(tmp_path):
   ]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
-  assert "num_epoch" in result.stderr
+  assert "unknown key 'num_epoch'" in result.stderr
+  assert '"num_epochs"' in result.stderr
+  # One line, not a traceback.
+  assert "Traceback" not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_experiment_configs_have_required_keys():

@@ -87,6 +87,11 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], Data
   Later calls reuse the prepared data, and the log records which happened.
   """
   if config.data.name == "synthetic":
+    if config.data.manual_dir:
+      logging.warning(
+          "config.data.manual_dir=%r is ignored: config.data.name is 'synthetic', so the data "
+          "is generated. Use experiments/mosi.py (or set config.data.name) to read the files.",
+          config.data.manual_dir)
     return _synthetic(config)
   if not config.data.manual_dir:
     raise DataError(
