@@ -155,6 +155,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # win on a small validation set without having learned anything. A run that
   # ends earlier can select only its last epoch.
   config.train.selection_start_step = 0
+  # Polyak averaging. When > 0, an exponential moving average of the
+  # parameters, ema = decay * ema + (1 - decay) * params after every step, is
+  # what validation, checkpoint selection, the test metrics and
+  # --mode evaluate/predict use. 0 turns it off and stores no average.
+  config.train.ema_decay = 0.0
   config.train.log_every_steps = 10
   config.train.save_label_history = True  # Generated labels of every training sample, each epoch.
 

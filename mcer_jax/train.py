@@ -62,6 +62,8 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   label_state: labels.LabelState
   rng: jax.Array
+  # The moving average of `params` (config.train.ema_decay > 0), else None.
+  ema_params: Any
   apply_fn: Any = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   config: ml_collections.FrozenConfigDict = flax.struct.field(pytree_node=False)  # Static under jit.
@@ -81,6 +83,9 @@ def create_train_state(
     example_batch: one batch without the device axis, for shapes.
     human_train_labels: `y_m` of every training sample, [num_train].
   """
+  decay = config.train.ema_decay
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"config.train.ema_decay must be in [0, 1), found {decay!r}; 0 turns averaging off.")
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   params = mcer_model.init_params(model, init_rng, example_batch, config)
@@ -103,6 +108,7 @@ def create_train_state(
       opt_state=tx.init(params),
       label_state=label_state,
       rng=state_rng,
+      ema_params=jax.tree.map(jnp.copy, params) if decay > 0 else None,
       apply_fn=model.apply,
       tx=tx,
       config=ml_collections.FrozenConfigDict(config),
@@ -187,10 +193,16 @@ def apply_gradients(
         label_range=config.data.label_range,
         axis_name=AXIS,
     )
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      decay = config.train.ema_decay
+      ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
     return state.replace(
-        params=optax.apply_updates(state.params, updates),
+        params=params,
         opt_state=opt_state,
         label_state=label_state,
+        ema_params=ema_params,
     )
 
   # lax.cond, not a jnp.where per leaf: XLA compiled the per-leaf select of
@@ -220,6 +232,11 @@ class TrainStep:
     state, step_metrics = self._apply(state, grads, terms, features, batch, epoch)
     step_metrics["prediction"] = prediction
     return state, step_metrics
+
+
+def eval_params(state: TrainState) -> Any:
+  """Returns the parameters to evaluate: the moving average when there is one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def eval_step(params: Any, batch: Mapping[str, jax.Array], *, apply_fn: Any) -> dict[str, jax.Array]:
@@ -517,7 +534,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   restored = checkpointing.restore_latest(manager, jax.device_get(state))
   if restored is not None:
     host_state, progress = restored
-    state = state.replace(**{field: getattr(host_state, field) for field in ("step", "params", "opt_state", "label_state", "rng")})
+    fields = ("step", "params", "opt_state", "label_state", "rng", "ema_params")
+    state = state.replace(**{field: getattr(host_state, field) for field in fields})
     logging.info("Resumed from step %d (epoch %d, batch %d).", int(state.step), progress["epoch"], progress["batches_done"])
     if run_outputs.is_writer():
       run_outputs.truncate_metrics_log(workdir, progress["epoch"] - 1)
@@ -570,7 +588,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_losses = {name: total / max(accumulator["steps"], 1) for name, total in accumulator["loss_sums"].items()}
       train_index = np.asarray(accumulator["index"], np.int64)
       train_scores = split_metrics(config, np.asarray(accumulator["prediction"]), human_train[train_index])
-      valid = evaluate(p_eval_step, replicated.params, splits["valid"], config)
+      valid = evaluate(p_eval_step, eval_params(replicated), splits["valid"], config)
       valid_scores = split_metrics(config, valid["pred_m"], valid["labels"])
 
       progress = dict(progress, epoch=epoch + 1, batches_done=0, accumulator=None)
@@ -637,7 +655,7 @@ def _test_best(config, workdir, manager, progress, state, p_eval_step, splits, i
   """Restores the best checkpoint, writes `results.json` and `predictions.csv`."""
   best_step = progress["best_step"]
   host_state, _ = checkpointing.restore(manager, best_step, jax.device_get(state))
-  replicated_params = replicate(host_state.params)
+  replicated_params = replicate(eval_params(host_state))
   tables = {}
   results: dict[str, Any] = {}
   for split in ("train", "valid", "test"):

@@ -173,3 +173,60 @@ def test_selection_start_after_last_step_selects_last_epoch(tmp_path):
   assert [row["step"] for row in log] == [2, 4]
   assert log[0]["valid/MAE"] > log[1]["valid/MAE"]
   assert _saved_progress(tmp_path)["best_step"] == 4
+
+
+def _demo_config(**overrides):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("demo_config", REPO / "experiments" / "demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  with config.unlocked():
+    for key, value in overrides.items():
+      section, name = key.split(".")
+      config[section][name] = value
+  return config
+
+
+def test_parameter_average_follows_each_step():
+  import jax
+
+  from mcer_jax import data as data_lib
+  from mcer_jax import train
+  from mcer_jax.models import mcer as mcer_model
+
+  config = _demo_config(**{"data.num_synthetic": 64, "train.ema_decay": 0.5})
+  splits, info = data_lib.load_splits(config)
+  source = splits["train"]
+  model = mcer_model.build_model(config, info.feature_dims)
+  human = np.asarray([float(source[i]["labels"]) for i in range(len(source))], np.float32)
+  state = train.create_train_state(config, model, train._example_batch(source, config), human)
+  initial = jax.device_get(state.params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), initial)
+
+  replicated = train.replicate(state)
+  step = train.TrainStep()
+  epoch = train.replicate(np.asarray(1, np.int32))
+  after = []
+  for batch in list(train._batches(source, config, config.train.batch_size, epoch=1, shuffle=True))[:2]:
+    replicated, _ = step(replicated, batch, epoch)
+    after.append(train.unreplicate(replicated.params))
+  ema = train.unreplicate(replicated.ema_params)
+
+  # Two steps of ema = 0.5 ema + 0.5 params, starting from the initial parameters.
+  expected = jax.tree.map(lambda p0, p1, p2: 0.25 * p0 + 0.25 * p1 + 0.5 * p2, initial, after[0], after[1])
+  jax.tree.map(lambda e, x: np.testing.assert_allclose(e, x, rtol=1e-6, atol=1e-7), ema, expected)
+  # The average is not the last parameters, and evaluation reads it.
+  kernel = lambda tree: tree["multimodal"]["head"]["layer_3"]["kernel"]
+  assert np.abs(kernel(ema) - kernel(after[1])).max() > 1e-6
+  assert train.eval_params(replicated) is replicated.ema_params
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_parameter_average_rejects_bad_decay(decay):
+  from mcer_jax import train
+
+  config = _demo_config(**{"train.ema_decay": decay})
+  with pytest.raises(ValueError, match=r"config.train.ema_decay must be in \[0, 1\)"):
+    train.create_train_state(config, None, {}, np.zeros(2, np.float32))
