@@ -36,7 +36,8 @@ OVERRIDES = [
 # The demo config's global batch of 32 samples.
 BATCH_SIZE = 32
 STEPS_PER_EPOCH = NUM_TRAIN // BATCH_SIZE
-TIMEOUT_S = 600
+# Generous, because a loaded two-core machine runs the processes several times slower.
+TIMEOUT_S = 1200
 # Gloo sums gradients across processes in another order than one process sums
 # its devices. After two epochs the largest differences measured here were
 # 2e-6 relative in the loss terms and metrics. Generated labels are compared by
