@@ -47,6 +47,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Text encoder: a local Hugging Face BERT folder, or a small random one.
   config.text_encoder = ml_collections.ConfigDict()
   config.text_encoder.checkpoint = ""  # Folder with config.json, model.safetensors, vocab.txt.
+  # False freezes the text encoder: its updates are zero and no gradient is
+  # computed for it, which skips its backward pass.
   config.text_encoder.finetune = True
   # X_t: "cls" is the final-layer [CLS] vector (the paper); "mean" is the masked
   # mean of the final layer, which suits encoders trained with mean pooling,

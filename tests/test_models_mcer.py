@@ -200,6 +200,27 @@ def test_float64_needs_x64_mode_and_keeps_float64_throughout():
       assert leaf.dtype == jnp.float64, jax.tree_util.keystr(path)
 
 
+@pytest.mark.parametrize("finetune", [True, False])
+def test_frozen_text_encoder_gets_no_gradient(finetune):
+  config = demo_config(**{"text_encoder.finetune": finetune})
+  batch = make_batch(7)
+  model = mcer.build_model(config, {"audio": AUDIO_DIM, "vision": VISION_DIM, "text": None})
+  params = mcer.init_params(model, jax.random.PRNGKey(0), batch, config)
+
+  def loss(p):
+    out = model.apply({"params": p}, batch, train=False)
+    return sum(jnp.sum(prediction ** 2) for prediction in out["predictions"].values())
+
+  grads = jax.grad(loss)(params)
+  text_norm = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads["text_encoder"]))
+  other_norm = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads["multimodal"]))
+  assert other_norm > 0
+  if finetune:
+    assert text_norm > 0
+  else:
+    assert text_norm == 0.0
+
+
 def test_precomputed_text_features():
   batch = make_batch(5)
   del batch["text_ids"], batch["text_segment"]

@@ -272,6 +272,9 @@ class MCER(nn.Module):
   feature_dims: Mapping[str, int]
   text_pooling: str = "cls"
   mi_entropy: bool = False
+  # True when config.text_encoder.finetune is False: no gradient reaches the
+  # text encoder, so its backward pass is never computed.
+  freeze_text: bool = False
 
   def _encode_text(self, batch: Mapping[str, Array], train: bool,
                    dtype: Any) -> tuple[Array, Array, Array]:
@@ -292,6 +295,8 @@ class MCER(nn.Module):
         mask = jnp.any(features != 0, axis=-1)
       states = TextFeatureEncoder(cfg.text_projection_dim, cfg.text_dropout, dtype,
                                   name="text_encoder")(features, train=train)
+    if self.freeze_text:
+      states = jax.lax.stop_gradient(states)
     mask = mask > 0
     lengths = sequence.clip_lengths(jnp.sum(mask, axis=1), states.shape[1])
     if self.text_pooling == "cls":
@@ -462,6 +467,7 @@ def build_model(config: ml_collections.ConfigDict, feature_dims: Mapping[str, in
       feature_dims=flax.core.FrozenDict(dims),
       text_pooling=config.text_encoder.get("pooling", "cls"),
       mi_entropy=bool(config.loss.get("mi_entropy", False)),
+      freeze_text=not config.text_encoder.finetune,
   )
 
 
