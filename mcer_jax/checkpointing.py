@@ -194,6 +194,12 @@ def _check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any
     raise CheckpointError(f"checkpoint {path} is unreadable: its metadata cannot be read ({type(error).__name__}: {error})") from error
   if metadata is None:
     raise CheckpointError(f"checkpoint {path} is unreadable: it has no metadata for the train state")
+  if hasattr(abstract_state, "ema_params") and hasattr(metadata, "keys") and "ema_params" not in metadata:
+    raise CheckpointMismatchError(
+        f"checkpoint {path} was written by an mcer_jax older than the parameter average "
+        "(config.train.ema_decay), whose train state had no ema_params field, so this version cannot "
+        "resume it. Its files are left in place: finish the run with the mcer_jax that started it, or "
+        "use a new --workdir.")
   saved = ocp_tree.to_flat_dict(metadata, sep="/")
   expected = ocp_tree.to_flat_dict(ocp_tree.serialize_tree(abstract_state, keep_empty_nodes=True), sep="/")
   advice = (

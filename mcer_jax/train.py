@@ -435,6 +435,12 @@ def _check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> Non
     return
   with open(path, encoding="utf-8") as stream:
     saved = ml_collections.ConfigDict(json.load(stream))
+  saved_decay = saved.get("train", {}).get("ema_decay", 0.0)
+  if saved_decay != config.train.ema_decay:
+    raise ValueError(
+        f"{path}: the run in this work directory used train.ema_decay={saved_decay!r}, but this "
+        f"config has {config.train.ema_decay!r}. Resume with --config.train.ema_decay={saved_decay!r}, "
+        "or use a new --workdir.")
   previous = _shape_settings(saved)
   current = _shape_settings(config)
   for key in sorted(set(previous) | set(current)):

@@ -230,3 +230,30 @@ def test_parameter_average_rejects_bad_decay(decay):
   config = _demo_config(**{"train.ema_decay": decay})
   with pytest.raises(ValueError, match=r"config.train.ema_decay must be in \[0, 1\)"):
     train.create_train_state(config, None, {}, np.zeros(2, np.float32))
+
+
+def test_evaluate_uses_saved_parameter_average(tmp_path):
+  overrides = ["--config.train.num_epochs=1", "--config.data.num_synthetic=64"]
+  _run_main(tmp_path, *overrides, "--config.train.ema_decay=0.5", cache_dir=tmp_path / "cache")
+  # Evaluated without repeating ema_decay, the checkpoint's average is still what is restored.
+  _run_main(tmp_path, *overrides, "--mode=evaluate", cache_dir=tmp_path / "cache")
+  with open(tmp_path / "results.json", encoding="utf-8") as stream:
+    results = json.load(stream)
+  with open(tmp_path / "eval_test.json", encoding="utf-8") as stream:
+    evaluated = json.load(stream)
+  assert evaluated == pytest.approx(results, abs=1e-6)
+
+
+def test_resume_rejects_other_parameter_average(tmp_path):
+  (tmp_path / "config.json").write_text(
+      json.dumps(config_lib.get_base_config().to_dict()), encoding="utf-8")
+  command = [
+      sys.executable, "-m", "mcer_jax.main",
+      "--config", str(REPO / "experiments" / "demo.py"),
+      "--workdir", str(tmp_path),
+      "--config.train.ema_decay=0.8",
+  ]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "train.ema_decay=0.0" in result.stderr
+  assert "--config.train.ema_decay=0.0" in result.stderr

@@ -231,7 +231,7 @@ class BertLayer(nn.Module):
         broadcast_dropout=False,
         kernel_init=init,
         dtype=self.dtype,
-        force_fp32_for_softmax=True,
+        force_fp32_for_softmax=jnp.dtype(self.dtype).itemsize < 4,
         name="attention")(x, x, mask=attention_mask, deterministic=not train)
     attention = nn.Dropout(cfg.hidden_dropout)(
         attention, deterministic=not train)

@@ -105,7 +105,7 @@ class GatedStream(nn.Module):
         dropout_rate=self.dropout_rate,
         broadcast_dropout=False,
         dtype=self.dtype,
-        force_fp32_for_softmax=True,
+        force_fp32_for_softmax=jnp.dtype(self.dtype).itemsize < 4,
         name="attention")(m_s, m_m, mask=attention_mask, deterministic=deterministic)
     o = nn.Dropout(self.dropout_rate)(o, deterministic=deterministic)
     m_bar = nn.LayerNorm(dtype=self.dtype, name="gate_layer_norm")(
