@@ -26,7 +26,7 @@ def _best_params(config: ml_collections.ConfigDict, workdir: str, model: Any, ex
   best_step = latest.progress.get("best_step") or steps[-1]
   restored = manager.restore(best_step, args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore()))
   # A run trained with config.train.ema_decay > 0 selected and tested its
-  # moving average, so that is what evaluation restores, whatever this config says.
+  # moving average, so evaluation restores that average, whatever this config sets.
   average = restored.state.get("ema_params")
   if average:
     logging.info("Using the moving average of the parameters saved at step %d.", best_step)
