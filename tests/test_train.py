@@ -175,18 +175,11 @@ def test_selection_start_after_last_step_selects_last_epoch(tmp_path):
   assert _saved_progress(tmp_path)["best_step"] == 4
 
 
-def _demo_config(**overrides):
-  import importlib.util
+def _demo_config(*overrides):
+  """Returns experiments/demo.py with `--config.key=value` overrides, as the entry point builds it."""
+  from mcer_jax import research
 
-  spec = importlib.util.spec_from_file_location("demo_config", REPO / "experiments" / "demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  with config.unlocked():
-    for key, value in overrides.items():
-      section, name = key.split(".")
-      config[section][name] = value
-  return config
+  return research.resolve_config(str(REPO / "experiments" / "demo.py"), list(overrides))
 
 
 def test_parameter_average_follows_each_step():
@@ -196,7 +189,7 @@ def test_parameter_average_follows_each_step():
   from mcer_jax import train
   from mcer_jax.models import mcer as mcer_model
 
-  config = _demo_config(**{"data.num_synthetic": 64, "train.ema_decay": 0.5})
+  config = _demo_config("--config.data.num_synthetic=64", "--config.train.ema_decay=0.5")
   splits, info = data_lib.load_splits(config)
   source = splits["train"]
   model = mcer_model.build_model(config, info.feature_dims)
@@ -227,7 +220,7 @@ def test_parameter_average_follows_each_step():
 def test_parameter_average_rejects_bad_decay(decay):
   from mcer_jax import train
 
-  config = _demo_config(**{"train.ema_decay": decay})
+  config = _demo_config(f"--config.train.ema_decay={decay}")
   with pytest.raises(ValueError, match=r"config.train.ema_decay must be in \[0, 1\)"):
     train.create_train_state(config, None, {}, np.zeros(2, np.float32))
 

@@ -523,7 +523,7 @@ def init_params(model: MCER, rng: Array, example_batch: Mapping[str, Any],
 
 
 def _cast_params(params: dict[str, Any], dtype: str) -> dict[str, Any]:
-  """Parameters are float32 (bfloat16 runs keep them so) except in float64 runs."""
+  """Casts the parameters to float64 in float64 runs; float32 and bfloat16 runs keep them float32."""
   if dtype != "float64":
     return params
   return jax.tree.map(lambda p: p.astype(jnp.float64), params)
